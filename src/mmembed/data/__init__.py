@@ -1,0 +1,1 @@
+"""Datasets, collators and benchmark readers: plain PyTorch / datasets code."""

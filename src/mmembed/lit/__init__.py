@@ -1,0 +1,1 @@
+"""Lightning glue: the LightningModule, DataModules and callbacks (the only Lightning imports)."""

@@ -1,0 +1,1 @@
+"""torchmetrics Metrics for the evaluation protocols (retrieval recall, STS Spearman, accuracy)."""

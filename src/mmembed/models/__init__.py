@@ -1,0 +1,1 @@
+"""Backbones, prompts, pooling, the embedder and LoRA: plain PyTorch / transformers code."""

@@ -1,0 +1,197 @@
+"""Load a backbone (model + processor) from a hub id or a local folder, one code path for every family.
+
+Supported: LLaVA-NeXT (E5-V's llava-llama-3-8b / royokong/e5-v), LLaVA-1.5, Qwen2-VL / Qwen2.5-VL,
+Idefics3 / SmolVLM, plain causal LMs (text only), and mmembed's own offline default (SmolLlava).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"  # the name that selects the offline SmolLlava default
+SMOL_LLAVA_TYPE = "mmembed_smol_llava"
+VISION_LANGUAGE_TYPES = {
+    "llava_next": "llava_next",
+    "llava": "llava",
+    "qwen2_vl": "qwen2_vl",
+    "qwen2_5_vl": "qwen2_vl",
+    "idefics3": "idefics3",
+    "smolvlm": "idefics3",
+    SMOL_LLAVA_TYPE: "smol_llava",
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class BackboneLoadError(RuntimeError):
+    """A model could not be loaded; the message says what the user can do about it."""
+
+
+@dataclass
+class Backbone:
+    """A loaded model with everything the embedder needs to feed it."""
+
+    model: nn.Module  # the full transformers model (ForConditionalGeneration or ForCausalLM)
+    processor: object  # a multimodal processor, or a tokenizer for text-only models
+    tokenizer: object
+    family: str  # "llava_next" | "llava" | "qwen2_vl" | "idefics3" | "smol_llava" | "causal_lm"
+    image_token: str | None  # the string the processor expands into image placeholders
+    name_or_path: str
+
+    @property
+    def body(self) -> nn.Module:
+        """The decoder body that returns last hidden states (no LM head): `model.model`."""
+        return unwrap(self.model).model
+
+    @property
+    def supports_images(self) -> bool:
+        return self.image_token is not None and vision_modules(self.model) != {}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _read_model_type(path: Path) -> str | None:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return None
+    return json.loads(config_file.read_text()).get("model_type")
+
+
+def resolve_name_or_path(name_or_path: str, cache_dir: str | None = None) -> str:
+    """Map "default" to the prepared offline model folder (building it once); leave others alone."""
+    if name_or_path == DEFAULT_MODEL:
+        from mmembed.models.default_model import ensure_default_model
+
+        return str(ensure_default_model(cache_dir))
+    return name_or_path
+
+
+def load_backbone(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    text_only: bool = False,
+    attn_implementation: str | None = "sdpa",
+    padding_side: str = "left",
+    cache_dir: str | None = None,
+) -> Backbone:
+    """Load model + processor. `text_only=True` drops the vision tower and projector after loading."""
+    if dtype not in DTYPES:
+        raise BackboneLoadError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    source = resolve_name_or_path(str(name_or_path), cache_dir)
+    local = Path(source).expanduser()
+    if local.exists() and not local.is_dir():
+        raise BackboneLoadError(f"model.name_or_path={source!r} is a file; pass the model's folder")
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise BackboneLoadError(
+            f"{local} has no config.json: model.name_or_path must be a `save_pretrained` folder or a hub id"
+        )
+    _refuse_remote_code(local, trust_remote_code)
+    kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model_type = _read_model_type(local) if local.is_dir() else _hub_model_type(source, trust_remote_code)
+        family = VISION_LANGUAGE_TYPES.get(model_type, "causal_lm")
+        model, processor = _load(family, str(local) if local.is_dir() else source, kwargs)
+    except BackboneLoadError:
+        raise
+    except OSError as err:
+        raise BackboneLoadError(
+            f"could not load {source!r}: {err}\nIf it is a hub id and this machine has no network, download it "
+            "where there is one and pass the local folder instead: model.name_or_path=/path/to/folder"
+        ) from err
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    image_token = _image_token(family, processor)
+    model.eval()
+    backbone = Backbone(model, processor, tokenizer, family, image_token, source)
+    if text_only:
+        drop_vision(model)
+    return backbone
+
+
+def _refuse_remote_code(local: Path, trust_remote_code: bool) -> None:
+    if trust_remote_code or not local.is_dir():
+        return
+    config = json.loads((local / "config.json").read_text()) if (local / "config.json").is_file() else {}
+    if config.get("auto_map") or any(local.glob("*.py")):
+        raise BackboneLoadError(
+            f"{local} ships its own Python code (auto_map / *.py). mmembed does not run model code from a "
+            "folder unless you allow it for this model: model.trust_remote_code=true"
+        )
+
+
+def _hub_model_type(name: str, trust_remote_code: bool) -> str | None:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code).model_type
+
+
+def _load(family: str, source: str, kwargs: dict):
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    if family == "smol_llava":
+        from mmembed.models.smol_llava import SmolLlavaForConditionalGeneration
+
+        model = SmolLlavaForConditionalGeneration.from_pretrained(source, **kwargs)
+        processor = transformers.LlavaProcessor.from_pretrained(source)
+    elif family == "causal_lm":
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        processor = AutoTokenizer.from_pretrained(source, trust_remote_code=kwargs["trust_remote_code"])
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=kwargs["trust_remote_code"])
+    return model, processor
+
+
+def _image_token(family: str, processor) -> str | None:
+    if family == "causal_lm":
+        return None
+    if family == "qwen2_vl":
+        # Qwen2-VL's processor expands <|image_pad|>; the vision markers around it belong in the prompt.
+        return "<|vision_start|><|image_pad|><|vision_end|>"
+    return getattr(processor, "image_token", "<image>")
+
+
+# Attribute names under `model.model` that hold vision-only modules, per transformers family.
+_VISION_ATTRS = ("vision_tower", "multi_modal_projector", "visual", "vision_model", "connector", "image_newline")
+
+
+def vision_modules(model: nn.Module) -> dict[str, nn.Module]:
+    body = unwrap(model).model
+    return {name: getattr(body, name) for name in _VISION_ATTRS if isinstance(getattr(body, name, None), nn.Module)}
+
+
+def drop_vision(model: nn.Module) -> list[str]:
+    """Free the vision tower and projector (E5-V trains the LLM alone). Returns the dropped names.
+
+    The modules are replaced by None in place, so module paths of the language model (and so
+    LoRA adapter keys) stay exactly those of the full model.
+    """
+    body = unwrap(model).model
+    dropped = []
+    for name in list(vision_modules(model)):
+        setattr(body, name, None)
+        dropped.append(name)
+    if isinstance(getattr(body, "image_newline", None), torch.Tensor):
+        body.image_newline = None
+        dropped.append("image_newline")
+    log.info("text-only: dropped %s", ", ".join(dropped) or "nothing")
+    return dropped
+

@@ -1,0 +1,111 @@
+"""E5-V prompts: the one place a model input string is built, for training and evaluation alike.
+
+Templates come from config (`conf/prompt/*.yaml`) as a `PromptConfig`; `PromptRenderer.render`
+fills the placeholders, wraps the body in the tokenizer's chat template when asked to, and
+appends an optional suffix. Nothing else in the project concatenates prompt strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+SENT = "<sent>"
+IMAGE = "<image>"
+CATEGORY = "<category>"
+
+# The kinds of input an embedding prompt can wrap: plain text, plain image, and E5-V's composed
+# image retrieval pairs (CIRR: query = reference image + edit text, target = candidate image;
+# FashionIQ: the same with a garment category).
+KINDS = ("text", "image", "cir_query", "cir_target", "fiq_query", "fiq_target")
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """Prompt templates and how to wrap them.
+
+    Defaults are E5-V's strings (kongds/E5-V retrieval.py, llava-llama-3 branch) character for
+    character, including their trailing spaces, leading spaces and the "desribe" typo, so numbers
+    stay comparable with the paper.
+    """
+
+    text: str = "<sent>\nSummary above sentence in one word: "
+    image: str = "<image>\nSummary above image in one word: "
+    cir_query: str = '<image>Modify this image with "<sent>", desribe modified image in one word:'
+    cir_target: str = "<image>\n Describe this image in one word:"
+    fiq_query: str = (
+        "<image> change the style of this <category> to <sent>\n "
+        "Desribe this modified <category> in one word based on its style:"
+    )
+    fiq_target: str = "<image>\n Describe this <category> in one word based on its style:"
+    # Wrap the body as a user turn with the tokenizer's chat template (when it has one).
+    chat_template: bool = True
+    # System message for the chat template; None keeps the template's own default.
+    system: str | None = None
+    # Appended after the rendered prompt, e.g. E5-V's Llama-3 recipe ends with " \n".
+    suffix: str = ""
+
+    @classmethod
+    def from_mapping(cls, mapping) -> PromptConfig:
+        unknown = sorted(set(mapping) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown prompt settings {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**dict(mapping))
+
+
+class PromptRenderer:
+    """Renders E5-V prompts for one tokenizer/model (its image token, its chat template)."""
+
+    def __init__(self, config: PromptConfig, tokenizer=None, image_token: str | None = IMAGE):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.image_token = image_token
+        self.use_chat = bool(config.chat_template and getattr(tokenizer, "chat_template", None))
+
+    def template(self, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"unknown prompt kind {kind!r}; expected one of {KINDS}")
+        return getattr(self.config, kind)
+
+    def render(self, kind: str, text: str | None = None, category: str | None = None) -> str:
+        """The exact model input string for one item of `kind`."""
+        body = self.template(kind)
+        if SENT in body:
+            if text is None:
+                raise ValueError(f"the {kind!r} prompt needs a text")
+            body = body.replace(SENT, text)
+        if CATEGORY in body:
+            if category is None:
+                raise ValueError(f"the {kind!r} prompt needs a category")
+            body = body.replace(CATEGORY, category)
+        if IMAGE in body:
+            if self.image_token is None:
+                raise ValueError(f"this model has no image token; it cannot render {kind!r} prompts")
+            body = body.replace(IMAGE, self.image_token)
+        if self.use_chat:
+            messages = [{"role": "user", "content": body}]
+            if self.config.system is not None:
+                messages.insert(0, {"role": "system", "content": self.config.system})
+            body = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return body + self.config.suffix
+
+    def render_many(
+        self, kind: str, texts: Sequence[str | None] | None = None, n: int | None = None, category: str | None = None
+    ) -> list[str]:
+        if texts is None:
+            return [self.render(kind, category=category) for _ in range(n or 0)]
+        return [self.render(kind, t, category=category) for t in texts]
+
+
+def truncate_to_tokens(texts: Sequence[str], tokenizer, max_tokens: int | None) -> list[str]:
+    """Cut each raw text to its first `max_tokens` tokens *before* templating (E5-V uses 32),
+    so the prompt's instruction is never truncated away."""
+    if not max_tokens:
+        return list(texts)
+    ids = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
+    out = []
+    for text, tok in zip(texts, ids):
+        # Keep the original string when nothing was cut: decoding can alter spacing.
+        full = tokenizer(text, add_special_tokens=False)["input_ids"]
+        out.append(text if len(full) <= max_tokens else tokenizer.decode(tok, skip_special_tokens=True))
+    return out

@@ -1,0 +1,39 @@
+"""Shared fixtures: the real default model (prepared once per machine) and tiny checkpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("MMEMBED_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+def pytest_configure(config):
+    # Nothing in the test suite may reach a model hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not DATA_ROOT.is_dir():
+        pytest.fail(f"the shared data folder {DATA_ROOT} is missing; set MMEMBED_DATA")
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The real offline default model folder (assembled on first use, cached per machine)."""
+    from mmembed.models.default_model import ensure_default_model
+
+    return ensure_default_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_smol_llava_dir(default_model_dir, tmp_path_factory) -> Path:
+    from tests.tiny_models import build_tiny_smol_llava
+
+    return build_tiny_smol_llava(default_model_dir, tmp_path_factory.mktemp("tiny_smol_llava"))
