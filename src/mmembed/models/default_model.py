@@ -152,3 +152,13 @@ def assemble_default_model(out_dir: str | Path, seed: int = 0) -> None:
             indent=2,
         )
     )
+
+
+def main() -> None:
+    """`python -m mmembed.models.default_model`: prepare the default model and print its folder."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(ensure_default_model())
+
+
+if __name__ == "__main__":
+    main()

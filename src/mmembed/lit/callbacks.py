@@ -1,0 +1,99 @@
+"""Callbacks: PEFT adapter folders beside Lightning checkpoints, and cost measurements."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import lightning as L
+import psutil
+
+from mmembed.models.backbones import vision_modules
+
+
+class AdapterSaver(L.Callback):
+    """Writes `save_pretrained` adapter folders: `<dirpath>/step-<N>` after each validation and `last`.
+
+    These folders are what evaluation and `Embedder.from_pretrained(..., adapter=...)` load; the
+    Lightning .ckpt files (also adapter-only) exist for resuming with optimizer state.
+    """
+
+    def __init__(self, dirpath: str, keep_every_validation: bool = True):
+        self.dirpath = Path(dirpath)
+        self.keep_every_validation = keep_every_validation
+
+    def _save(self, pl_module: L.LightningModule, name: str) -> Path:
+        target = self.dirpath / name
+        model = pl_module.embedder.model
+        if not hasattr(model, "save_pretrained") or not hasattr(model, "peft_config"):
+            return target
+        tmp = self.dirpath / f".{name}.tmp"
+        model.save_pretrained(str(tmp))
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        os.replace(tmp, target)  # a kill mid-save never leaves a half-written adapter under its final name
+        return target
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.global_step == 0:
+            return
+        if self.keep_every_validation:
+            self._save(pl_module, f"step-{trainer.global_step}")
+        self._save(pl_module, "last")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._save(pl_module, "last")
+
+
+class CostMonitor(L.Callback):
+    """Seconds per step, samples/s and memory, logged as perf/* and written to `cost.json`."""
+
+    def __init__(self, output_file: str | None = None):
+        self.output_file = output_file
+        self.step_times: list[float] = []
+        self.samples = 0
+        self.peak_rss_train = 0
+        self._t0 = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.rss_at_start = psutil.Process().memory_info().rss
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        dt = time.perf_counter() - self._t0
+        self.step_times.append(dt)
+        size = batch.get("batch_size", 0) if isinstance(batch, dict) else 0
+        self.samples += size
+        rss = psutil.Process().memory_info().rss
+        self.peak_rss_train = max(self.peak_rss_train, rss)
+        pl_module.log("perf/sec_per_step", dt, batch_size=max(size, 1))
+        pl_module.log("perf/rss_mb", rss / 2**20, batch_size=max(size, 1))
+
+    def summary(self, pl_module) -> dict:
+        # Skip the first step (allocator warm-up) when there are enough steps to do so.
+        times = self.step_times[1:] if len(self.step_times) > 2 else self.step_times
+        mean = sum(times) / len(times) if times else float("nan")
+        batch = self.samples / max(len(self.step_times), 1)
+        return {
+            "steps": len(self.step_times),
+            "sec_per_step": mean,
+            "samples_per_sec": batch / mean if times else float("nan"),
+            "rss_at_train_start_mb": self.rss_at_start / 2**20,
+            "peak_rss_during_training_mb": self.peak_rss_train / 2**20,
+            # ru_maxrss is in KiB on Linux: the whole process' peak, model loading included.
+            "peak_rss_process_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "vision_tower_in_memory": bool(vision_modules(pl_module.embedder.model)),
+        }
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.output_file and trainer.is_global_zero:
+            Path(self.output_file).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.output_file).write_text(json.dumps(self.summary(pl_module), indent=2))

@@ -1,0 +1,104 @@
+"""DataModules: SimCSE-style text pairs for training, STS pairs for validation."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from mmembed.data.text_pairs import DataConfigError, TextPairCollator, load_text_pairs
+from mmembed.models.prompts import truncate_to_tokens
+
+
+class TextPairDataModule(L.LightningDataModule):
+    """Training on `sent0,sent1[,hard_neg]` files; validation on STS-B (dev) Spearman.
+
+    `featurize` and `tokenizer` come from the embedder at construction time (see pipeline.py), so
+    the collators render prompts with the very function evaluation uses.
+    """
+
+    def __init__(
+        self,
+        train_files: Sequence[str] | str,
+        featurize: Callable,
+        tokenizer,
+        batch_size: int = 16,
+        max_text_tokens: int | None = 32,
+        use_hard_negatives: bool = True,
+        shuffle_seed: int = 42,
+        num_workers: int = 0,
+        on_error: str = "skip",
+        train_limit: int | None = None,
+        val_sts_dir: str | None = None,
+        val_split: str = "dev",
+        val_limit: int | None = None,
+        val_batch_size: int = 64,
+    ):
+        super().__init__()
+        if on_error not in ("skip", "raise"):
+            raise DataConfigError(f"data.on_error={on_error!r}: expected skip or raise")
+        self.train_files = [train_files] if isinstance(train_files, str) else list(train_files)
+        self.featurize, self.tokenizer = featurize, tokenizer
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.max_text_tokens, self.use_hard_negatives = max_text_tokens, use_hard_negatives
+        self.shuffle_seed, self.num_workers, self.on_error = shuffle_seed, num_workers, on_error
+        self.train_limit, self.val_sts_dir, self.val_split, self.val_limit = train_limit, val_sts_dir, val_split, val_limit
+        self.train_set = self.val_set = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None and stage in (None, "fit"):
+            ds = load_text_pairs(self.train_files, on_error=self.on_error)
+            if self.train_limit:
+                ds = ds.select(range(min(self.train_limit, len(ds))))
+            self.train_set = ds
+        if self.val_set is None and self.val_sts_dir and stage in (None, "fit", "validate"):
+            self.val_set = _sts_validation_rows(self.val_sts_dir, self.val_split, self.val_limit, self.shuffle_seed)
+
+    def train_dataloader(self) -> DataLoader:
+        collate = TextPairCollator(self.featurize, self._truncate, self.use_hard_negatives)
+        generator = torch.Generator().manual_seed(self.shuffle_seed)  # same seed -> same order, resumable
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,  # every step sees the same number of in-batch negatives
+            generator=generator,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self):
+        if not self.val_set:
+            return []
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, collate_fn=self._collate_sts, num_workers=0)
+
+    def _truncate(self, texts: Sequence[str]) -> list[str]:
+        return truncate_to_tokens(texts, self.tokenizer, self.max_text_tokens)
+
+    def _collate_sts(self, rows: list[dict]) -> dict:
+        return {
+            "inputs1": self.featurize([r["s1"] for r in rows]),
+            "inputs2": self.featurize([r["s2"] for r in rows]),
+            "scores": torch.tensor([r["score"] for r in rows], dtype=torch.float32),
+            "ids": torch.tensor([r["id"] for r in rows], dtype=torch.long),
+        }
+
+
+def _sts_validation_rows(folder: str, split: str, limit: int | None, seed: int) -> list[dict]:
+    from mmembed.data.benchmarks.sts import read_stsb
+
+    if not Path(folder).is_dir():
+        raise DataConfigError(f"data.val_sts_dir={folder!r} does not exist (STS-B folder with sts-{split}.csv)")
+    pairs = read_stsb(folder, split=split)
+    rows = [
+        {"s1": a, "s2": b, "score": float(s), "id": i}
+        for i, (a, b, s) in enumerate(zip(pairs.sentences1, pairs.sentences2, pairs.scores))
+    ]
+    if limit and limit < len(rows):
+        # A fixed random subset (not the first rows, which are all from one source genre).
+        rows = random.Random(seed).sample(rows, limit)
+    return rows

@@ -1,0 +1,33 @@
+"""Train an embedding model: `python src/train.py experiment=text_only` (see conf/train.yaml)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+log = logging.getLogger("mmembed.train")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from mmembed.pipeline import USER_ERRORS, run_training
+
+    try:
+        summary = run_training(cfg)
+    except USER_ERRORS as err:
+        log.error("%s: %s", type(err).__name__, err)
+        sys.exit(2)
+    # The value Hydra sweepers optimise (see conf/hparams_search).
+    metric = cfg.get("optimized_metric")
+    return summary["metrics"].get(metric) if metric else None
+
+
+if __name__ == "__main__":
+    # Lets configs locate the repository (e.g. the default data root ../shared/data) from any cwd.
+    os.environ.setdefault("MMEMBED_ROOT", str(Path(__file__).resolve().parents[1]))
+    main()
