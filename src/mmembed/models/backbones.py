@@ -105,7 +105,7 @@ def load_backbone(
     try:
         model_type = _read_model_type(local) if local.is_dir() else _hub_model_type(source, trust_remote_code)
         family = VISION_LANGUAGE_TYPES.get(model_type, "causal_lm")
-        model, processor = _load(family, str(local) if local.is_dir() else source, kwargs)
+        model, processor = _load(family, str(local) if local.is_dir() else source, kwargs, model_type)
     except BackboneLoadError:
         raise
     except OSError as err:
@@ -142,9 +142,9 @@ def _hub_model_type(name: str, trust_remote_code: bool) -> str | None:
     return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code).model_type
 
 
-def _load(family: str, source: str, kwargs: dict):
+def _load(family: str, source: str, kwargs: dict, model_type: str | None = None):
     import transformers
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
     if family == "smol_llava":
         from mmembed.models.smol_llava import SmolLlavaForConditionalGeneration
@@ -156,8 +156,42 @@ def _load(family: str, source: str, kwargs: dict):
         processor = AutoTokenizer.from_pretrained(source, trust_remote_code=kwargs["trust_remote_code"])
     else:
         model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
-        processor = AutoProcessor.from_pretrained(source, trust_remote_code=kwargs["trust_remote_code"])
+        processor = _load_processor(source, model_type, kwargs["trust_remote_code"])
     return model, processor
+
+
+def _load_processor(source: str, model_type: str | None, trust_remote_code: bool):
+    """AutoProcessor, or -- where its video sub-processor needs the absent torchvision (Qwen2-VL,
+    Qwen2.5-VL, SmolVLM) -- the same processor class without one. Images and text work as usual."""
+    import transformers
+    from transformers import AutoProcessor
+    from transformers.models.auto.auto_mappings import PROCESSOR_MAPPING_NAMES
+    from transformers.utils import is_torchvision_available
+
+    try:
+        return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ImportError, AttributeError, TypeError):
+        processor_cls = getattr(transformers, PROCESSOR_MAPPING_NAMES.get(model_type) or "", None)
+        if (
+            is_torchvision_available()
+            or processor_cls is None
+            or "video_processor" not in processor_cls.get_attributes()
+        ):
+            raise
+    log.info("torchvision is not installed: loading %s without its video processor", processor_cls.__name__)
+    return without_video_processor(processor_cls).from_pretrained(source)
+
+
+def without_video_processor(processor_cls: type) -> type:
+    """`processor_cls` minus its `video_processor` sub-processor (transformers builds video processors
+    with torchvision only). Same class name, so `save_pretrained` writes a standard processor config."""
+
+    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+        processor_cls.__init__(
+            self, image_processor=image_processor, tokenizer=tokenizer, video_processor=None, **kwargs
+        )
+
+    return type(processor_cls.__name__, (processor_cls,), {"__init__": __init__, "__module__": __name__})
 
 
 def _image_token(family: str, processor) -> str | None:

@@ -1,0 +1,73 @@
+"""End-to-end training on a tiny model: outputs, adapter-only checkpoints, reload equivalence."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from omegaconf import open_dict
+
+from mmembed.pipeline import build_embedder, run_training
+from tests.pipeline.helpers import compose_train
+
+TINY = ["experiment=text_only", "trainer.max_steps=3", "data.batch_size=4", "data.val_limit=8", "data.val_batch_size=8"]
+
+
+def test_text_only_training_writes_adapters_and_matches_on_reload(tiny_smol_llava_dir, tmp_path):
+    cfg = compose_train(TINY + [f"model.name_or_path={tiny_smol_llava_dir}", "trainer.val_check_interval=3"], tmp_path)
+    summary = run_training(cfg)
+
+    assert summary["global_step"] == 3
+    assert summary["text_only"] is True
+    assert summary["cost"]["vision_tower_in_memory"] is False
+    assert summary["metrics"]["train/num_negatives"] == 4 * 2 - 1  # positives + hard negatives - 1
+    assert torch.isfinite(torch.tensor(summary["metrics"]["train/loss"]))
+    assert "val/sts_spearman" in summary["metrics"] and summary["val_before"] is not None
+    assert json.loads((tmp_path / "train_summary.json").read_text())["global_step"] == 3
+    assert (tmp_path / "cost.json").is_file()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+    adapter = tmp_path / "adapters" / "last"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    # Lightning checkpoints hold the adapters only (plus optimizer state), never the frozen base.
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    keys = list(ckpt["state_dict"])
+    assert keys and all("lora_" in k for k in keys)
+    assert "embedder" not in ckpt["hyper_parameters"]
+
+    # The saved adapter reproduces the trained embeddings, unmerged and merged, with images enabled.
+    texts = ["A woman is slicing an onion.", "A man is playing the flute."]
+    for merge in (False, True):
+        eval_cfg = compose_train([f"model.name_or_path={tiny_smol_llava_dir}", f"adapter={adapter}", f"merge_adapter={merge}"], tmp_path)
+        embedder = build_embedder(eval_cfg).eval()
+        assert embedder.backbone.supports_images
+        with torch.no_grad():
+            got = embedder.encode_text(texts)
+        reference = _trained_embeddings(tiny_smol_llava_dir, adapter, texts)
+        assert torch.nn.functional.cosine_similarity(got, reference).min() > 0.9999
+
+
+def _trained_embeddings(model_dir, adapter, texts):
+    from peft import PeftModel
+
+    from mmembed.models.backbones import load_backbone
+    from mmembed.models.embedder import MLLMEmbedder
+
+    bb = load_backbone(str(model_dir))
+    bb.model = PeftModel.from_pretrained(bb.model, str(adapter))
+    with torch.no_grad():
+        return MLLMEmbedder(bb).eval().encode_text(texts)
+
+
+def test_training_changes_only_adapters(tiny_smol_llava_dir, tmp_path):
+    cfg = compose_train(TINY + [f"model.name_or_path={tiny_smol_llava_dir}", "validate_before_training=false"], tmp_path)
+    with open_dict(cfg):
+        cfg.data.val_sts_dir = None
+    from safetensors.torch import load_file
+
+    base = load_file(str(tiny_smol_llava_dir / "model.safetensors"))
+    run_training(cfg)
+    adapter = load_file(str(tmp_path / "adapters" / "last" / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in k for k in adapter)
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k), "LoRA B stayed zero: nothing trained"
+    assert load_file(str(tiny_smol_llava_dir / "model.safetensors")).keys() == base.keys()
