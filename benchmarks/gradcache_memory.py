@@ -108,7 +108,7 @@ def run_one(model: str, batch: int, mode: str, chunk_size: int, steps: int, warm
     return {
         "batch": batch,
         "mode": mode,
-        "loss": float(loss),
+        "loss": loss.item(),
         "sec_per_step": sum(times) / len(times),
         "peak_rss_mb": peak_rss,
         "setup_rss_mb": setup_rss,

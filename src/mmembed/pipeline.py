@@ -78,9 +78,11 @@ def run_training(cfg: DictConfig) -> dict:
     from mmembed.lit.module import EmbeddingLitModule
 
     out = ensure_writable(cfg.paths.output_dir)
+    datamodule = instantiate(cfg.data)
+    datamodule.check_paths()  # before the model loads: a wrong path costs seconds, not minutes
     L.seed_everything(cfg.seed, workers=True)
     embedder = build_embedder(cfg, trainable=True)
-    datamodule = instantiate(cfg.data, featurize=embedder.featurize_text, tokenizer=embedder.backbone.tokenizer)
+    datamodule.bind(embedder.featurize_text, embedder.backbone.tokenizer)
     module = EmbeddingLitModule(
         embedder,
         loss=OmegaConf.to_container(cfg.loss, resolve=True),

@@ -59,6 +59,7 @@ class CostMonitor(L.Callback):
         self.step_times: list[float] = []
         self.samples = 0
         self.peak_rss_train = 0
+        self.rss_at_start = 0
         self._t0 = 0.0
 
     def on_train_start(self, trainer, pl_module) -> None:

@@ -24,8 +24,8 @@ class TextPairDataModule(L.LightningDataModule):
     def __init__(
         self,
         train_files: Sequence[str] | str,
-        featurize: Callable,
-        tokenizer,
+        featurize: Callable | None = None,
+        tokenizer=None,
         batch_size: int = 16,
         max_text_tokens: int | None = 32,
         use_hard_negatives: bool = True,
@@ -49,11 +49,34 @@ class TextPairDataModule(L.LightningDataModule):
         self.train_limit, self.val_sts_dir, self.val_split, self.val_limit = train_limit, val_sts_dir, val_split, val_limit
         self.train_set = self.val_set = None
 
+    def bind(self, featurize: Callable, tokenizer) -> TextPairDataModule:
+        """Attach the embedder's featurizer and tokenizer (known only once the model is loaded)."""
+        self.featurize, self.tokenizer = featurize, tokenizer
+        return self
+
+    def check_paths(self) -> None:
+        """Fail fast, before any model is loaded, when a configured local path is missing."""
+        missing = [f for f in self.train_files if Path(f).suffix and not Path(f).expanduser().is_file()]
+        if missing:
+            raise DataConfigError(
+                f"training file(s) not found: {missing}. Set data.train_files, or the data root "
+                "(env MMEMBED_DATA / paths.data_root) so it points at the folder holding them"
+            )
+        if self.val_sts_dir and not Path(self.val_sts_dir).is_dir():
+            raise DataConfigError(
+                f"data.val_sts_dir={self.val_sts_dir!r} does not exist (an STS-B folder with sts-{self.val_split}.csv). "
+                "Set the data root (env MMEMBED_DATA / paths.data_root) or data.val_sts_dir=null to skip validation"
+            )
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and stage in (None, "fit"):
             ds = load_text_pairs(self.train_files, on_error=self.on_error)
             if self.train_limit:
                 ds = ds.select(range(min(self.train_limit, len(ds))))
+            if len(ds) < self.batch_size:
+                raise DataConfigError(
+                    f"{len(ds)} training rows but data.batch_size={self.batch_size}: no full batch to train on"
+                )
             self.train_set = ds
         if self.val_set is None and self.val_sts_dir and stage in (None, "fit", "validate"):
             self.val_set = _sts_validation_rows(self.val_sts_dir, self.val_split, self.val_limit, self.shuffle_seed)
@@ -91,8 +114,6 @@ class TextPairDataModule(L.LightningDataModule):
 def _sts_validation_rows(folder: str, split: str, limit: int | None, seed: int) -> list[dict]:
     from mmembed.data.benchmarks.sts import read_stsb
 
-    if not Path(folder).is_dir():
-        raise DataConfigError(f"data.val_sts_dir={folder!r} does not exist (STS-B folder with sts-{split}.csv)")
     pairs = read_stsb(folder, split=split)
     rows = [
         {"s1": a, "s2": b, "score": float(s), "id": i}

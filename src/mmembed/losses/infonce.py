@@ -1,9 +1,35 @@
-"""In-batch InfoNCE with optional hard negatives: a pure function of embeddings."""
+"""In-batch InfoNCE with optional hard negatives, local or across devices: pure functions of embeddings."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
+
+from mmembed.losses.gather import gather_with_grad, rank_and_world
+
+
+class InfoNCEOutput(NamedTuple):
+    """The loss and how many candidates each query was scored against (for logging).
+
+    num_candidates: columns of the logit matrix, i.e. global positives + global hard negatives.
+    num_negatives: num_candidates - 1, the candidates per query that are not its labelled positive.
+    """
+
+    loss: torch.Tensor
+    num_candidates: int
+    num_negatives: int
+
+
+def _check_temperature(temperature: float) -> None:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy in at least float32 (bf16/fp16 logits are upcast, float64 stays float64)."""
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels)
 
 
 def info_nce(
@@ -12,6 +38,7 @@ def info_nce(
     hard_negative: torch.Tensor | None = None,
     temperature: float = 0.05,
     labels: torch.Tensor | None = None,
+    cross_device: bool = False,
 ) -> torch.Tensor:
     """Cross-entropy of each query against all candidates [positives; hard negatives].
 
@@ -19,13 +46,58 @@ def info_nce(
     (default: row i, the in-batch setting with N == B); hard_negative: [M, D] extra candidates
     (any number, SimCSE uses one per query). Inputs are expected L2-normalised, so the logits are
     cosine similarities / temperature (E5-V: tau = 0.05).
+
+    cross_device=True scores the local queries against the candidates of *all* ranks (see
+    `distributed_info_nce`); without an initialised process group it is the same as False.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if cross_device:
+        return distributed_info_nce(query, positive, hard_negative, temperature, labels).loss
+    _check_temperature(temperature)
     candidates = positive if hard_negative is None else torch.cat([positive, hard_negative], dim=0)
     logits = query @ candidates.T / temperature
     if labels is None:
         if positive.shape[0] != query.shape[0]:
             raise ValueError("without labels, query and positive must have the same batch size")
         labels = torch.arange(query.shape[0], device=query.device)
-    return F.cross_entropy(logits.float(), labels)
+    return _cross_entropy(logits, labels)
+
+
+def distributed_info_nce(
+    query: torch.Tensor,
+    positive: torch.Tensor,
+    hard_negative: torch.Tensor | None = None,
+    temperature: float = 0.05,
+    labels: torch.Tensor | None = None,
+    group=None,
+) -> InfoNCEOutput:
+    """InfoNCE with anchors kept local and candidates gathered from every rank, with gradient.
+
+    Gathered candidate matrix (rows of the logit columns), W = world size, r = rank:
+        [positive_0; positive_1; ...; positive_{W-1}; hard_negative_0; ...; hard_negative_{W-1}]
+    i.e. all positives in rank order, then all hard negatives in rank order: exactly the candidate
+    matrix `info_nce` builds on one process from the concatenated batch
+    (`cat(positive_r)`, `cat(hard_negative_r)`). Labels are offset into the global positives:
+    local label l on rank r becomes r * N + l (N = local positives; default l = arange(B)), so
+    labels must index positives, not hard negatives.
+
+    The returned loss is the mean over this rank's queries. With equal local batches, the mean of
+    the ranks' losses equals the single-process loss on the concatenated batch, and DDP's gradient
+    averaging (sum / W) gives the single-process gradients (all_gather's backward sums every rank's
+    contribution back to the owner; tests/losses/test_distributed_infonce.py checks both).
+    Every rank must call this with the same shapes (B, N, M) and run backward.
+    """
+    _check_temperature(temperature)
+    rank, world = rank_and_world(group)
+    if labels is None:
+        if positive.shape[0] != query.shape[0]:
+            raise ValueError("without labels, query and positive must have the same batch size")
+        labels = torch.arange(query.shape[0], device=query.device)
+    all_positive = gather_with_grad(positive, group)
+    candidates = all_positive
+    if hard_negative is not None:
+        candidates = torch.cat([all_positive, gather_with_grad(hard_negative, group)], dim=0)
+    global_labels = labels + rank * positive.shape[0]
+    logits = query @ candidates.T / temperature
+    loss = _cross_entropy(logits, global_labels)
+    num_candidates = candidates.shape[0]
+    return InfoNCEOutput(loss, num_candidates, num_candidates - 1)

@@ -1,0 +1,79 @@
+"""Every experiment composes and instantiates; sweeps run end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from tests.conftest import REPO
+from tests.pipeline.helpers import compose_train, run_train_cli
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+def test_there_are_experiments():
+    assert {"text_only", "e5v_paper"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_and_instantiates(experiment, tmp_path):
+    cfg = compose_train([f"experiment={experiment}"], tmp_path)
+    assert cfg.model.name_or_path and cfg.loss.temperature > 0
+    datamodule = instantiate(cfg.data, featurize=lambda t: t, tokenizer=None)
+    assert datamodule.batch_size == cfg.data.batch_size
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    assert callbacks
+    trainer_cfg = dict(cfg.trainer)
+    if trainer_cfg.get("accelerator") == "gpu":  # GPU experiments are checked for shape, not run, on CPU
+        trainer_cfg.update(accelerator="cpu", precision="32-true")
+    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=False)
+    assert trainer.max_steps == cfg.trainer.max_steps
+
+
+def test_default_config_is_the_text_only_recipe(tmp_path):
+    cfg = compose_train(["experiment=text_only"], tmp_path)
+    assert cfg.model.text_only is True
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (64, 16, 0.05)
+    assert cfg.loss.temperature == 0.05
+    assert cfg.data.max_text_tokens == 32
+    assert cfg.data.train_files[0].endswith("nli/snli_dev_simcse_triplets.csv")
+
+
+def test_missing_data_names_the_setting(tiny_smol_llava_dir, tmp_path):
+    result = run_train_cli(
+        ["experiment=text_only", f"model.name_or_path={tiny_smol_llava_dir}", f"paths.data_root={tmp_path}/nowhere",
+         f"hydra.run.dir={tmp_path}/run"]
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "MMEMBED_DATA" in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+def test_sweep_of_all_experiments_with_fast_dev_run(tiny_smol_llava_dir, tmp_path):
+    result = run_train_cli(
+        ["-m", f"experiment={','.join(EXPERIMENTS)}", "debug=fast_dev_run", f"model.name_or_path={tiny_smol_llava_dir}",
+         "trainer.accelerator=cpu", "trainer.precision=32-true", "model.dtype=float32", "data.train_limit=64",
+         "data.batch_size=4", f"data.train_files=[{REPO.parent}/shared/data/nli/snli_dev_simcse_triplets.csv]",
+         f"hydra.sweep.dir={tmp_path}/sweep"],
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = sorted(Path(tmp_path, "sweep").glob("*/train_summary.json"))
+    assert len(summaries) == len(EXPERIMENTS)
+    assert all(json.loads(s.read_text())["global_step"] == 1 for s in summaries)
+
+
+@pytest.mark.slow
+def test_multirun_over_temperatures(tiny_smol_llava_dir, tmp_path):
+    result = run_train_cli(
+        ["-m", "experiment=text_only", "loss.temperature=0.02,0.05", "debug=fast_dev_run",
+         f"model.name_or_path={tiny_smol_llava_dir}", "data.train_limit=64", f"hydra.sweep.dir={tmp_path}/sweep"]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(Path(tmp_path, "sweep").glob("*/.hydra/overrides.yaml"))
+    assert len(runs) == 2
+    assert ["loss.temperature=0.02" in r.read_text() for r in runs] == [True, False]
