@@ -15,7 +15,9 @@ log = logging.getLogger("mmembed.train")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from mmembed.pipeline import USER_ERRORS, run_training
+    from mmembed.pipeline import USER_ERRORS, quiet_library_logging, run_training
+
+    quiet_library_logging()
 
     try:
         summary = run_training(cfg)

@@ -52,6 +52,20 @@ def test_yaml_prompt_config_equals_the_code_defaults():
     assert PromptConfig.from_mapping(yaml) == PromptConfig()
 
 
+def test_default_prompt_group_uses_an_empty_system_turn(tokenizer):
+    from omegaconf import OmegaConf
+
+    from tests.pipeline.helpers import compose_train
+
+    cfg = compose_train([], "/tmp/unused")
+    prompts = PromptConfig.from_mapping(OmegaConf.to_container(cfg.prompt, resolve=True))
+    assert prompts.system == "" and prompts.text == PromptConfig().text
+    assert PromptRenderer(prompts, tokenizer).render("text", "A dog.") == (
+        "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nA dog.\nSummary above sentence in one word: "
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
 def test_image_token_is_substituted_per_model():
     r = PromptRenderer(PromptConfig(chat_template=False), None, image_token="<|vision_start|><|image_pad|><|vision_end|>")
     assert r.render("image").startswith("<|vision_start|><|image_pad|><|vision_end|>\nSummary")

@@ -86,6 +86,7 @@ def load_backbone(
     attn_implementation: str | None = "sdpa",
     padding_side: str = "left",
     cache_dir: str | None = None,
+    quantization_config=None,
 ) -> Backbone:
     """Load model + processor. `text_only=True` drops the vision tower and projector after loading."""
     if dtype not in DTYPES:
@@ -102,6 +103,8 @@ def load_backbone(
     kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if quantization_config is not None:  # e.g. a BitsAndBytesConfig (mmembed.models.quantization)
+        kwargs["quantization_config"] = quantization_config
     try:
         model_type = _read_model_type(local) if local.is_dir() else _hub_model_type(source, trust_remote_code)
         family = VISION_LANGUAGE_TYPES.get(model_type, "causal_lm")
@@ -150,7 +153,14 @@ def _load(family: str, source: str, kwargs: dict, model_type: str | None = None)
         from mmembed.models.smol_llava import SmolLlavaForConditionalGeneration
 
         model = SmolLlavaForConditionalGeneration.from_pretrained(source, **kwargs)
-        processor = transformers.LlavaProcessor.from_pretrained(source)
+        # LlavaProcessor probes the folder's config with the generic config class, which warns about
+        # our model_type although nothing is wrong; silence only that call.
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        try:
+            processor = transformers.LlavaProcessor.from_pretrained(source)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
     elif family == "causal_lm":
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         processor = AutoTokenizer.from_pretrained(source, trust_remote_code=kwargs["trust_remote_code"])
