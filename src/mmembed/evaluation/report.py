@@ -13,7 +13,8 @@ def _prompts(prompts: dict, indent: str = "") -> list[str]:
     lines = []
     for kind, rec in prompts.items():
         if "template" in rec:
-            lines.append(f"{indent}- `{kind}` template {_code(rec['template'])}; rendered: {_code(rec['rendered_example'])}")
+            template, rendered = _code(rec["template"]), _code(rec["rendered_example"])
+            lines.append(f"{indent}- `{kind}` template {template}; rendered: {rendered}")
         else:
             lines.append(f"{indent}- {kind}:")
             lines.extend(_prompts(rec, indent + "  "))
@@ -40,6 +41,7 @@ def results_markdown(results: dict) -> str:
             lines += ["| " + " | ".join(f"chance {chance[k]:.2f}" if k in chance else "" for k in metrics) + " |"]
         prompts = protocol.pop("prompts", {})
         lines += ["", "Protocol:", ""]
-        lines += [f"- {k}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}" for k, v in protocol.items()]
+        for key, value in protocol.items():
+            lines.append(f"- {key}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
         lines += ["- prompts:"] + _prompts(prompts, "  ") + [""]
     return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -24,6 +25,28 @@ def _tasks():
             "zeroshot": run_zeroshot}
 
 
+def _readers():
+    from mmembed.evaluation.tasks_cir import read_cirr_benchmark, read_fashioniq_benchmarks
+    from mmembed.evaluation.tasks_image import read_caption_benchmark, read_zeroshot_benchmark
+    from mmembed.evaluation.tasks_text import read_sts
+
+    return {"sts": read_sts, "retrieval": read_caption_benchmark, "cirr": read_cirr_benchmark,
+            "fashioniq": read_fashioniq_benchmarks, "zeroshot": read_zeroshot_benchmark}
+
+
+def check_benchmarks(benchmarks: Sequence[Mapping]) -> None:
+    """Read every benchmark's annotations and check its files exist, before any model is loaded:
+    a missing folder fails in seconds with `BenchmarkLayoutError`, not after an hour of embedding."""
+    names = [b.get("name") or b.get("task") for b in benchmarks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"benchmark names must be unique, got {names}")
+    readers = _readers()
+    for name, cfg in zip(names, benchmarks):
+        if cfg.get("task") not in readers:
+            raise ValueError(f"benchmark {name!r}: unknown task {cfg.get('task')!r}; known: {sorted(readers)}")
+        readers[cfg["task"]](dict(cfg, name=name))
+
+
 def evaluate_suite(
     embedder,
     benchmarks: Sequence[Mapping],
@@ -43,16 +66,12 @@ def evaluate_suite(
     tasks = _tasks()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_benchmarks(benchmarks)
     names = [b.get("name") or b.get("task") for b in benchmarks]
-    if len(set(names)) != len(names):
-        raise ValueError(f"benchmark names must be unique, got {names}")
-    for cfg in benchmarks:
-        if cfg.get("task") not in tasks:
-            raise ValueError(f"benchmark {cfg.get('name')!r}: unknown task {cfg.get('task')!r}; known: {sorted(tasks)}")
     results = {
         "model": model,
         "adapter": adapter,
-        "prompt_config": {k: getattr(embedder.renderer.config, k) for k in embedder.renderer.config.__dataclass_fields__},
+        "prompt_config": dataclasses.asdict(embedder.renderer.config),
         "batch_size": batch_size,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": {"python": platform.python_version(), "machine": platform.machine()},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mmembed.data.benchmarks.cir import FASHIONIQ_CATEGORIES, read_cirr, read_fashioniq
-from mmembed.evaluation.common import floats, option, prompt_record, required
+from mmembed.evaluation.common import chance_recall, floats, option, prompt_record, required
 from mmembed.evaluation.encode import encode_composed, encode_images
 from mmembed.metrics.cir import CIRRRecall
 from mmembed.metrics.retrieval import RetrievalRecall
@@ -29,11 +29,23 @@ def _embed(embedder, bench, cfg, batch_size, progress, target_kind, query_kind, 
     return gal_emb, gal_ok, index, q_emb, queries, gal_failed + q_failed
 
 
-def run_cirr(embedder, cfg, batch_size: int = 16, progress: bool = True) -> dict:
-    bench = read_cirr(
+def read_cirr_benchmark(cfg):
+    return read_cirr(
         required(cfg, "root"), option(cfg, "split", "val"), cfg.get("image_root"), cfg.get("image_dir"),
         cfg.get("captions_file"), option(cfg, "gallery", "split"),
     )
+
+
+def read_fashioniq_benchmarks(cfg):
+    root, split = required(cfg, "root"), option(cfg, "split", "val")
+    return [
+        read_fashioniq(root, category, split, cfg.get("image_dir"), option(cfg, "gallery", "split"))
+        for category in option(cfg, "categories", FASHIONIQ_CATEGORIES)
+    ]
+
+
+def run_cirr(embedder, cfg, batch_size: int = 16, progress: bool = True) -> dict:
+    bench = read_cirr_benchmark(cfg)
     gal_emb, gal_ok, index, q_emb, queries, failed = _embed(
         embedder, bench, cfg, batch_size, progress, "cir_target", "cir_query"
     )
@@ -45,14 +57,18 @@ def run_cirr(embedder, cfg, batch_size: int = 16, progress: bool = True) -> dict
         queries=q_emb, query_ids=qids, reference_ids=torch.tensor([index[q.reference] for q in queries]),
         target_ids=torch.tensor([index[q.target] for q in queries]), members=torch.tensor(members).view(-1, 2),
     )
-    subset_sizes = sorted({sum(m in index and m != q.reference for m in q.members) for q in queries})
+    sizes = [sum(m in index and m != q.reference for m in q.members) for q in queries]
+    chance = chance_recall(len(gal_ok) - 1, [1] * len(queries), metric.ks)
+    for k in metric.subset_ks:  # one target among s subset candidates
+        chance[f"Rsubset@{k}"] = 100.0 * sum(min(k, s) / s for s in sizes if s) / len(sizes)
     protocol = {
         "task": "cirr",
         **bench.meta,
         "queries": len(queries),
         "candidates": len(gal_ok),
         "candidates_per_query": "gallery minus the query's reference image",
-        "subset_candidates_per_query": subset_sizes,
+        "subset_candidates_per_query": sorted(set(sizes)),
+        "chance": floats(chance),
         "unreadable_images_skipped": failed,
         "prompts": {
             "cir_query": prompt_record(embedder, "cir_query", queries[0].caption),
@@ -63,11 +79,11 @@ def run_cirr(embedder, cfg, batch_size: int = 16, progress: bool = True) -> dict
 
 
 def run_fashioniq(embedder, cfg, batch_size: int = 16, progress: bool = True) -> dict:
-    root, split = required(cfg, "root"), option(cfg, "split", "val")
+    split = option(cfg, "split", "val")
     metrics, protocol = {}, {"task": "fashioniq", "split": split, "categories": {}, "prompts": {}}
-    categories = list(option(cfg, "categories", FASHIONIQ_CATEGORIES))
-    for category in categories:
-        bench = read_fashioniq(root, category, split, cfg.get("image_dir"), option(cfg, "gallery", "split"))
+    benches = read_fashioniq_benchmarks(cfg)
+    categories = [b.meta["category"] for b in benches]
+    for category, bench in zip(categories, benches):
         cat = bench.meta["prompt_category"]
         gal_emb, gal_ok, index, q_emb, queries, failed = _embed(
             embedder, bench, cfg, batch_size, progress, "fiq_target", "fiq_query", category=cat

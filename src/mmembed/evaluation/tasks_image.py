@@ -70,8 +70,12 @@ def run_retrieval(embedder, cfg, batch_size: int = 16, progress: bool = True) ->
     return {"metrics": floats(metric.compute()), "protocol": protocol}
 
 
+def read_zeroshot_benchmark(cfg):
+    return read_zeroshot(required(cfg, "root"), cfg.get("name", "zeroshot"), cfg.get("image_dir"))
+
+
 def run_zeroshot(embedder, cfg, batch_size: int = 16, progress: bool = True) -> dict:
-    bench = read_zeroshot(required(cfg, "root"), cfg.get("name", "zeroshot"), cfg.get("image_dir"))
+    bench = read_zeroshot_benchmark(cfg)
     template = option(cfg, "template", "{}")
     name, on_error = cfg.get("name", bench.name), option(cfg, "on_error", "skip")
     images, labels = bench.images, bench.labels

@@ -28,7 +28,8 @@ def _score(embedder, subsets, batch_size: int, progress: bool, name: str) -> tup
     return {"spearman": pooled.compute(), **({} if len(subsets) == 1 else per_subset)}, len(set(texts))
 
 
-def run_sts(embedder, cfg, batch_size: int = 32, progress: bool = True) -> dict:
+def read_sts(cfg):
+    """(list of STSPairs, description of the setting) for an STS benchmark config."""
     fmt, path = required(cfg, "format"), required(cfg, "path")
     if fmt == "sts12_16":
         subsets = read_sts12_16(path)
@@ -41,6 +42,12 @@ def run_sts(embedder, cfg, batch_size: int = 32, progress: bool = True) -> dict:
         setting = f"split {option(cfg, 'split', 'TEST')}"
     else:
         raise ValueError(f"unknown STS format {fmt!r}; expected sts12_16, stsb or sick")
+    return subsets, setting
+
+
+def run_sts(embedder, cfg, batch_size: int = 32, progress: bool = True) -> dict:
+    fmt, path = cfg["format"], cfg["path"]
+    subsets, setting = read_sts(cfg)
     metrics, n_unique = _score(embedder, subsets, batch_size, progress, cfg.get("name", fmt))
     protocol = {
         "task": "sts",

@@ -1,0 +1,65 @@
+"""Evaluate a model (and optionally a trained LoRA adapter) on a benchmark suite.
+
+    python src/eval.py eval=sts                                   # the bare default model
+    python src/eval.py adapter=logs/train/runs/<run>/adapters/last eval=local_full
+    python src/eval.py model.name_or_path=/models/e5v model=e5v eval=e5v_paper
+
+Writes results.json and results.md (numbers + protocol) into the Hydra run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("mmembed.eval")
+
+
+def benchmark_list(eval_cfg: DictConfig) -> list[dict]:
+    """`eval.benchmarks` (name -> settings; a null entry disables it) as plain dicts with their names."""
+    benchmarks = OmegaConf.to_container(eval_cfg.benchmarks, resolve=True) or {}
+    return [dict(cfg, name=cfg.get("name") or key) for key, cfg in benchmarks.items() if cfg]
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> dict:
+    from mmembed.data.benchmarks.layout import BenchmarkLayoutError
+    from mmembed.evaluation.suite import check_benchmarks, evaluate_suite
+    from mmembed.pipeline import USER_ERRORS, build_embedder, ensure_writable
+
+    try:
+        benchmarks = benchmark_list(cfg.eval)
+        if not benchmarks:
+            raise ValueError(f"eval={cfg.eval.get('suite')} selects no benchmarks")
+        check_benchmarks(benchmarks)  # fail fast on missing data, before loading the model
+        out_dir = ensure_writable(cfg.paths.output_dir)
+        embedder = build_embedder(cfg, trainable=False)
+        embedder.eval()
+        adapter = str(Path(cfg.adapter).resolve()) if cfg.get("adapter") else None
+        results = evaluate_suite(
+            embedder,
+            benchmarks,
+            out_dir,
+            batch_size=cfg.batch_size,
+            model=str(cfg.model.name_or_path),
+            adapter=adapter,
+            progress=cfg.progress,
+            extra={"suite": cfg.eval.get("suite"), "merge_adapter": bool(cfg.get("merge_adapter"))},
+        )
+    except (BenchmarkLayoutError, *USER_ERRORS) as err:
+        log.error("%s: %s", type(err).__name__, err)
+        sys.exit(2)
+    for name, entry in results["benchmarks"].items():
+        log.info("%-14s %s", name, "  ".join(f"{k}={v:.2f}" for k, v in entry["metrics"].items()))
+    log.info("results: %s", Path(out_dir) / "results.md")
+    return results
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("MMEMBED_ROOT", str(Path(__file__).resolve().parents[1]))
+    main()
