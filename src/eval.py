@@ -26,19 +26,40 @@ def benchmark_list(eval_cfg: DictConfig) -> list[dict]:
     return [dict(cfg, name=cfg.get("name") or key) for key, cfg in benchmarks.items() if cfg]
 
 
+def text_benchmarks_only(benchmarks: list[dict]) -> list[dict]:
+    """A text-only baseline runs the STS benchmarks; image benchmarks are skipped, and said so."""
+    skipped = [b["name"] for b in benchmarks if b.get("task") != "sts"]
+    if skipped:
+        log.warning("text-only baseline: skipping image benchmarks %s", ", ".join(skipped))
+    return [b for b in benchmarks if b.get("task") == "sts"]
+
+
+def build_eval_embedder(cfg: DictConfig):
+    """The configured MLLM embedder, or the sentence-transformers baseline for `model=minilm`."""
+    if cfg.model.get("kind") == "text_baseline":
+        from mmembed.models.text_baseline import MeanPoolTextEmbedder
+
+        return MeanPoolTextEmbedder(cfg.model.get("folder"))
+    from mmembed.pipeline import build_embedder
+
+    return build_embedder(cfg, trainable=False)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> dict:
     from mmembed.data.benchmarks.layout import BenchmarkLayoutError
     from mmembed.evaluation.suite import check_benchmarks, evaluate_suite
-    from mmembed.pipeline import USER_ERRORS, build_embedder, ensure_writable
+    from mmembed.pipeline import USER_ERRORS, ensure_writable
 
     try:
         benchmarks = benchmark_list(cfg.eval)
         if not benchmarks:
             raise ValueError(f"eval={cfg.eval.get('suite')} selects no benchmarks")
+        if cfg.model.get("kind") == "text_baseline":
+            benchmarks = text_benchmarks_only(benchmarks)
         check_benchmarks(benchmarks)  # fail fast on missing data, before loading the model
         out_dir = ensure_writable(cfg.paths.output_dir)
-        embedder = build_embedder(cfg, trainable=False)
+        embedder = build_eval_embedder(cfg)
         embedder.eval()
         adapter = str(Path(cfg.adapter).resolve()) if cfg.get("adapter") else None
         results = evaluate_suite(

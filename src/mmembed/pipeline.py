@@ -9,7 +9,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mmembed.data.text_pairs import DataConfigError
+from mmembed.errors import DataConfigError
+from mmembed.lit.strategies import StrategyUnavailableError, manual_optimization_split, preflight
 from mmembed.models.backbones import BackboneLoadError, load_backbone
 from mmembed.models.embedder import MLLMEmbedder
 from mmembed.models.lora import apply_lora, load_adapter
@@ -25,7 +26,23 @@ class OutputDirError(RuntimeError):
 
 
 # Errors caused by user input or settings: reported as one message, without a traceback.
-USER_ERRORS = (BackboneLoadError, DataConfigError, OutputDirError, FileNotFoundError, ValueError, FloatingPointError)
+USER_ERRORS = (
+    BackboneLoadError,
+    DataConfigError,
+    OutputDirError,
+    StrategyUnavailableError,
+    FileNotFoundError,
+    ValueError,
+    FloatingPointError,
+)
+
+
+def quiet_library_logging() -> None:
+    """Lightning attaches its own console handlers; under Hydra (which logs to console and a file)
+    every line would print twice. Let its records flow to Hydra's handlers only."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
 
 
 def ensure_writable(path: str | Path, min_free_bytes: int = MIN_FREE_BYTES) -> Path:
@@ -44,9 +61,37 @@ def ensure_writable(path: str | Path, min_free_bytes: int = MIN_FREE_BYTES) -> P
     return path
 
 
+def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig, out: Path) -> str | None:
+    """`ckpt_path=last` -> `<checkpoint dir>/last.ckpt` of this run folder, refusing to silently start over.
+
+    Lightning alone would warn and train from scratch when "last" finds nothing (e.g. a wrong
+    `hydra.run.dir`). Checkpoints are torch pickles: resume only from files you (or this project) wrote.
+    """
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "last":
+        checkpoint_cfg = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
+        folder = Path(checkpoint_cfg.get("dirpath") or out / "checkpoints")
+        last = folder / "last.ckpt"
+        if not last.is_file():
+            raise DataConfigError(
+                f"ckpt_path=last but {last} does not exist: set hydra.run.dir to the interrupted run's folder "
+                "(the one holding checkpoints/last.ckpt), or ckpt_path to a checkpoint file"
+            )
+        return str(last)
+    if ckpt_path in ("best", "hpc") or "://" in str(ckpt_path):
+        return ckpt_path
+    if not Path(ckpt_path).is_file():
+        raise DataConfigError(f"ckpt_path={ckpt_path!r} is not a file")
+    return str(ckpt_path)
+
+
 def build_embedder(cfg: DictConfig, trainable: bool = False) -> MLLMEmbedder:
     """Backbone -> (saved adapter) -> (fresh LoRA when training) -> embedder, all from config."""
+    from mmembed.models.quantization import prepare_for_kbit_training, quantization_config
+
     m = cfg.model
+    quantization = quantization_config(m.get("quantization"))  # refuses 4bit without CUDA + bitsandbytes
     backbone = load_backbone(
         m.name_or_path,
         dtype=m.dtype,
@@ -55,7 +100,10 @@ def build_embedder(cfg: DictConfig, trainable: bool = False) -> MLLMEmbedder:
         attn_implementation=m.attn_implementation,
         padding_side=m.padding_side,
         cache_dir=m.get("cache_dir"),
+        quantization_config=quantization,
     )
+    if quantization is not None and trainable:
+        backbone.model = prepare_for_kbit_training(backbone.model, bool(m.get("gradient_checkpointing")))
     if m.get("gradient_checkpointing") and trainable:
         backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     adapter = cfg.get("adapter")
@@ -75,30 +123,43 @@ def run_training(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from mmembed.lit.callbacks import CostMonitor
+    from mmembed.lit.checkpoint_io import AtomicCheckpointIO, ResumeState
+    from mmembed.lit.data_quality import DataQualityMonitor
     from mmembed.lit.module import EmbeddingLitModule
 
     out = ensure_writable(cfg.paths.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg, out)  # before the model loads
+    preflight(cfg.trainer, cfg.loss)  # a missing strategy package fails here, before data and model load
     datamodule = instantiate(cfg.data)
     datamodule.check_paths()  # before the model loads: a wrong path costs seconds, not minutes
     L.seed_everything(cfg.seed, workers=True)
     embedder = build_embedder(cfg, trainable=True)
     datamodule.bind(embedder.featurize_text, embedder.backbone.tokenizer)
+    # GradCache optimises manually: the module applies the trainer's clipping and accumulation.
+    trainer_overrides, manual_kwargs = manual_optimization_split(cfg.trainer, cfg.loss)
     module = EmbeddingLitModule(
         embedder,
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        **manual_kwargs,
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks.append(ResumeState())  # RNG states in checkpoints: a resumed run continues exactly
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    if not cfg.trainer.get("plugins"):
+        # Checkpoints are written to a temp file, fsync'ed and renamed: a kill never leaves half a last.ckpt.
+        trainer_overrides = {**trainer_overrides, "plugins": [AtomicCheckpointIO()]}
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **trainer_overrides)
     if logger:
         logger.log_hyperparams(_flat_hparams(cfg))
     if cfg.get("validate_before_training") and not cfg.trainer.get("fast_dev_run"):
         before = trainer.validate(module, datamodule=datamodule, verbose=False)
     else:
         before = []
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # weights_only: resuming unpickles tensors and plain containers only, never code.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     cost = next((c.summary(module) for c in callbacks if isinstance(c, CostMonitor)), {})
+    data_quality = next((c.history for c in callbacks if isinstance(c, DataQualityMonitor)), [])
     summary = {
         "model": str(cfg.model.name_or_path),
         "text_only": bool(cfg.model.text_only),
@@ -106,6 +167,7 @@ def run_training(cfg: DictConfig) -> dict:
         "val_before": before[0] if before else None,
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "cost": cost,
+        "data_quality": data_quality,
         "output_dir": str(out),
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))

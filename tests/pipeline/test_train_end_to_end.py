@@ -43,11 +43,12 @@ def test_text_only_training_writes_adapters_and_matches_on_reload(tiny_smol_llav
         assert embedder.backbone.supports_images
         with torch.no_grad():
             got = embedder.encode_text(texts)
-        reference = _trained_embeddings(tiny_smol_llava_dir, adapter, texts)
+        reference = _trained_embeddings(tiny_smol_llava_dir, adapter, texts, embedder.renderer.config)
+        assert embedder.renderer.config.system == ""  # the default prompt group, as in training
         assert torch.nn.functional.cosine_similarity(got, reference).min() > 0.9999
 
 
-def _trained_embeddings(model_dir, adapter, texts):
+def _trained_embeddings(model_dir, adapter, texts, prompts):
     from peft import PeftModel
 
     from mmembed.models.backbones import load_backbone
@@ -56,7 +57,7 @@ def _trained_embeddings(model_dir, adapter, texts):
     bb = load_backbone(str(model_dir))
     bb.model = PeftModel.from_pretrained(bb.model, str(adapter))
     with torch.no_grad():
-        return MLLMEmbedder(bb).eval().encode_text(texts)
+        return MLLMEmbedder(bb, prompts).eval().encode_text(texts)
 
 
 def test_training_changes_only_adapters(tiny_smol_llava_dir, tmp_path):

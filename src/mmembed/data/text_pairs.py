@@ -2,37 +2,54 @@
 
 Works unchanged on SimCSE's `nli_for_simcse.csv` (275k triplets) and on the SNLI triplets in the
 shared data folder; csv / tsv / json / jsonl / parquet files, or a hub dataset id where a hub is reachable.
+
+Bad input follows `data.on_error` (see `mmembed.errors` and docs/reliability.md):
+- a row whose anchor, positive or hard negative is missing, empty/blank, NaN or not a string is
+  skipped and counted (`skip`) or raises naming the file and row (`raise`);
+- CSV cells are always text: "NA", "null", "nan", "None" are sentences, not missing values; only
+  an empty cell is missing;
+- bytes that are not UTF-8: `raise` -> error naming the file, byte offset and line; `skip` (CSV/TSV
+  only) -> the file is decoded with U+FFFD replacement and every row holding a replacement
+  character is skipped and counted as "invalid UTF-8". JSON files must be valid UTF-8 (error);
+- missing columns, or a file pandas/pyarrow cannot parse (e.g. a line with too many fields): error naming the file;
+- texts longer than `max_text_tokens` are cut at collate time and counted in `batch["truncated"]`.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmembed.errors import DataConfigError, SkipCounter, check_on_error
+
 log = logging.getLogger(__name__)
+
+__all__ = ["DataConfigError", "TextPairCollator", "load_text_pairs", "first_invalid_utf8"]
 
 ANCHOR, POSITIVE, HARD_NEGATIVE = "sent0", "sent1", "hard_neg"
 _BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_TEXT_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
+REPLACEMENT = "\ufffd"
 
 
-class DataConfigError(ValueError):
-    """Bad data settings or files; the message names the setting or file to fix."""
-
-
-def load_text_pairs(files: str | Sequence[str], split: str = "train", on_error: str = "skip"):
+def load_text_pairs(
+    files: str | Sequence[str], split: str = "train", on_error: str = "skip", skips: SkipCounter | None = None
+):
     """Load SimCSE-style pairs into a `datasets.Dataset` with columns sent0, sent1 (, hard_neg).
 
-    Rows whose anchor or positive is missing/empty are skipped and counted (on_error="skip") or
-    raise naming the row (on_error="raise").
+    Skipped rows are logged and added to `skips` (reasons "empty or missing text", "invalid UTF-8").
     """
     import datasets
 
+    check_on_error(on_error)
     files = [files] if isinstance(files, str) else list(files)
     if not files:
         raise DataConfigError("data.train_files is empty")
     local = [Path(f).expanduser() for f in files]
+    replaced = False
     if all(p.suffix in _BUILDERS for p in local):
         missing = [str(p) for p in local if not p.is_file()]
         if missing:
@@ -40,9 +57,17 @@ def load_text_pairs(files: str | Sequence[str], split: str = "train", on_error: 
                 f"training file(s) not found: {missing}. Set data.train_files, or the data root "
                 "(env MMEMBED_DATA / paths.data_root) so it points at the folder holding them"
             )
+        suffixes = {p.suffix for p in local}
+        if len({_BUILDERS[s] for s in suffixes}) > 1 or suffixes == {".csv", ".tsv"}:
+            raise DataConfigError(f"data.train_files mixes file formats {sorted(suffixes)}: {files}")
+        replaced = _check_encoding(local, on_error)
         builder = _BUILDERS[local[0].suffix]
-        kwargs = {"delimiter": "\t"} if local[0].suffix == ".tsv" else {}
-        ds = datasets.load_dataset(builder, data_files=[str(p) for p in local], split=split, **kwargs)
+        kwargs = _csv_options(local, replaced) if builder == "csv" else {}
+        try:
+            ds = datasets.load_dataset(builder, data_files=[str(p) for p in local], split=split, **kwargs)
+        except Exception as err:  # pandas / pyarrow parse errors surface wrapped in DatasetGenerationError
+            cause = err.__cause__ or err
+            raise DataConfigError(f"cannot parse {files} as {builder}: {type(cause).__name__}: {cause}") from err
     elif len(files) == 1:
         ds = datasets.load_dataset(files[0], split=split)  # a hub dataset id
     else:
@@ -54,22 +79,91 @@ def load_text_pairs(files: str | Sequence[str], split: str = "train", on_error: 
         )
     keep = [c for c in (ANCHOR, POSITIVE, HARD_NEGATIVE) if c in columns]
     ds = ds.select_columns(keep)
-    return _drop_incomplete(ds, keep, on_error, files)
+    return _drop_bad_rows(ds, keep, on_error, files, replaced, skips)
 
 
-def _drop_incomplete(ds, columns, on_error: str, files):
-    def ok(value) -> bool:
-        return isinstance(value, str) and value.strip() != ""
+def _csv_options(files: list[Path], replaced: bool) -> dict:
+    """Every column read as a string; only an empty cell is missing ("NA", "null", "nan" are texts)."""
+    import datasets
 
-    values = {c: ds[c] for c in columns}
-    bad = [i for i in range(len(ds)) if not all(ok(values[c][i]) for c in columns)]
+    delimiter = "\t" if files[0].suffix == ".tsv" else ","
+    with open(files[0], encoding="utf-8-sig", errors="replace", newline="") as f:
+        header = next(csv.reader(f, delimiter=delimiter), [])
+    options = {"delimiter": delimiter, "keep_default_na": False, "na_values": [""]}
+    if header and len(set(header)) == len(header):
+        options["features"] = datasets.Features({name: datasets.Value("string") for name in header})
+    if replaced:
+        options["encoding_errors"] = "replace"
+    return options
+
+
+def _check_encoding(files: list[Path], on_error: str) -> bool:
+    """True when some CSV/TSV file is not UTF-8 and on_error=skip (decode with replacement)."""
+    replaced = False
+    for path in files:
+        if path.suffix not in _TEXT_SUFFIXES:
+            continue
+        bad = first_invalid_utf8(path)
+        if bad is None:
+            continue
+        offset, line = bad
+        where = f"{path}: not valid UTF-8 at byte {offset} (line {line})"
+        if on_error == "raise":
+            raise DataConfigError(f"{where}; re-save it as UTF-8, or set data.on_error=skip to drop the rows holding such bytes")
+        if path.suffix in (".json", ".jsonl"):
+            raise DataConfigError(f"{where}; JSON training files must be UTF-8 (re-save the file as UTF-8)")
+        log.warning("%s; decoding with replacement and skipping the rows holding such bytes", where)
+        replaced = True
+    return replaced
+
+
+def first_invalid_utf8(path: str | Path, chunk_size: int = 1 << 22) -> tuple[int, int] | None:
+    """(byte offset, 1-based line) of the first byte sequence that is not UTF-8, or None; reads in chunks."""
+    offset, lines, carry = 0, 0, b""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk_size)
+            data, last = carry + block, not block
+            try:
+                data.decode("utf-8")
+                good = len(data)
+            except UnicodeDecodeError as err:
+                # An incomplete sequence at the end of a chunk may continue in the next one.
+                if not last and err.reason == "unexpected end of data" and err.start >= len(data) - 3:
+                    good = err.start
+                else:
+                    return offset + err.start, lines + data.count(b"\n", 0, err.start) + 1
+            lines += data.count(b"\n", 0, good)
+            offset += good
+            carry = data[good:]
+            if last:
+                return None
+
+
+def _drop_bad_rows(ds, columns, on_error: str, files, replaced: bool, skips: SkipCounter | None):
+    def reason(row_values) -> str | None:
+        for value in row_values:
+            if not isinstance(value, str) or not value.strip():  # None, NaN (float), numbers, "", "  "
+                return "empty or missing text"
+        if replaced and any(REPLACEMENT in v for v in row_values):
+            return "invalid UTF-8"
+        return None
+
+    values = [ds[c] for c in columns]
+    bad = [(i, r) for i, row in enumerate(zip(*values)) if (r := reason(row)) is not None]
     if bad and on_error == "raise":
-        row = ds[bad[0]]
-        raise DataConfigError(f"{files}: row {bad[0]} has an empty or missing text: {row}")
+        i, why = bad[0]
+        raise DataConfigError(f"{files}: row {i} has an {why}: {ds[i]} (data.on_error=skip skips and counts such rows)")
     if bad:
-        log.warning("skipped %d of %d text pairs with an empty or missing text (first rows: %s)", len(bad), len(ds), bad[:5])
-        keep = sorted(set(range(len(ds))) - set(bad))
-        ds = ds.select(keep)
+        if skips is not None:
+            for i, why in bad:
+                skips.add(f"row {i}", why)
+        log.warning(
+            "skipped %d of %d text pairs (%s; first rows: %s)",
+            len(bad), len(ds), ", ".join(sorted({w for _, w in bad})), [i for i, _ in bad[:5]],
+        )
+        dropped = {i for i, _ in bad}
+        ds = ds.select([i for i in range(len(ds)) if i not in dropped])
     return ds
 
 
@@ -78,7 +172,9 @@ class TextPairCollator:
     """Rows -> one tokenised batch of [anchors; positives; hard negatives] and the group size.
 
     `featurize` is the embedder's `featurize_text` (prompt rendering + tokenisation), so training
-    sees exactly the strings evaluation renders. Raw texts are cut to `max_tokens` before templating.
+    sees exactly the strings evaluation renders. Raw texts are cut to `max_tokens` before templating;
+    `truncated` counts the texts of the batch that were cut (logged as `data/truncated`).
+    Hard negatives are used only when every row of the batch has a non-empty one.
     """
 
     featurize: Callable[[Sequence[str]], dict]
@@ -86,9 +182,13 @@ class TextPairCollator:
     use_hard_negatives: bool = True
 
     def __call__(self, rows: list[dict]) -> dict:
+        if not rows:
+            raise ValueError("TextPairCollator got an empty batch")
         groups = [ANCHOR, POSITIVE]
-        if self.use_hard_negatives and all(HARD_NEGATIVE in r and r[HARD_NEGATIVE] for r in rows):
+        if self.use_hard_negatives and all(r.get(HARD_NEGATIVE) for r in rows):
             groups.append(HARD_NEGATIVE)
-        texts = [self.truncate([r[g] for r in rows]) for g in groups]
+        raw = [[r[g] for r in rows] for g in groups]
+        texts = [self.truncate(group) for group in raw]
+        truncated = sum(a != b for group, cut in zip(raw, texts) for a, b in zip(group, cut))
         flat = [t for group in texts for t in group]
-        return {"inputs": self.featurize(flat), "batch_size": len(rows), "groups": len(groups)}
+        return {"inputs": self.featurize(flat), "batch_size": len(rows), "groups": len(groups), "truncated": truncated}

@@ -19,7 +19,9 @@ def required(cfg: Mapping, key: str):
 
 def prompt_record(embedder, kind: str, example: str | None = None, category: str | None = None) -> dict:
     """The template of `kind` and the exact string one example renders to (what the model saw)."""
-    renderer = embedder.renderer
+    renderer = getattr(embedder, "renderer", None)
+    if renderer is None:  # a prompt-free text encoder (the MiniLM baseline)
+        return {"template": None, "rendered_example": example}
     return {"template": renderer.template(kind), "rendered_example": renderer.render(kind, example, category=category)}
 
 

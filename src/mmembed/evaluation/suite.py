@@ -71,7 +71,7 @@ def evaluate_suite(
     results = {
         "model": model,
         "adapter": adapter,
-        "prompt_config": dataclasses.asdict(embedder.renderer.config),
+        "prompt_config": dataclasses.asdict(embedder.renderer.config) if getattr(embedder, "renderer", None) else None,
         "batch_size": batch_size,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": {"python": platform.python_version(), "machine": platform.machine()},

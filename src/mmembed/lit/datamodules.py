@@ -10,7 +10,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from mmembed.data.sampling import ResumableDataLoader, ResumableRandomSampler
 from mmembed.data.text_pairs import DataConfigError, TextPairCollator, load_text_pairs
+from mmembed.errors import SkipCounter
 from mmembed.models.prompts import truncate_to_tokens
 
 
@@ -48,6 +50,7 @@ class TextPairDataModule(L.LightningDataModule):
         self.shuffle_seed, self.num_workers, self.on_error = shuffle_seed, num_workers, on_error
         self.train_limit, self.val_sts_dir, self.val_split, self.val_limit = train_limit, val_sts_dir, val_split, val_limit
         self.train_set = self.val_set = None
+        self.skips = SkipCounter()  # rows dropped while reading (data.on_error=skip), logged as data/skipped
 
     def bind(self, featurize: Callable, tokenizer) -> TextPairDataModule:
         """Attach the embedder's featurizer and tokenizer (known only once the model is loaded)."""
@@ -70,7 +73,7 @@ class TextPairDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and stage in (None, "fit"):
-            ds = load_text_pairs(self.train_files, on_error=self.on_error)
+            ds = load_text_pairs(self.train_files, on_error=self.on_error, skips=self.skips)
             if self.train_limit:
                 ds = ds.select(range(min(self.train_limit, len(ds))))
             if len(ds) < self.batch_size:
@@ -83,13 +86,26 @@ class TextPairDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         collate = TextPairCollator(self.featurize, self._truncate, self.use_hard_negatives)
-        generator = torch.Generator().manual_seed(self.shuffle_seed)  # same seed -> same order, resumable
-        return DataLoader(
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            # Lightning swaps in a DistributedSampler (seeded per epoch); mid-epoch resume restarts the epoch.
+            generator = torch.Generator().manual_seed(self.shuffle_seed)
+            return DataLoader(
+                self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                generator=generator, collate_fn=collate, num_workers=self.num_workers,
+            )
+        # The order of each epoch depends on (seed, epoch) only, and the loader saves its position in
+        # Lightning checkpoints, so a run resumed mid-epoch continues with the very next batch.
+        sampler = ResumableRandomSampler(len(self.train_set), self.shuffle_seed, self.batch_size)
+        if trainer is not None:
+            sampler.progress = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return ResumableDataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=sampler,
             drop_last=True,  # every step sees the same number of in-batch negatives
-            generator=generator,
+            # Its own generator: creating an iterator must not draw from the global RNG (dropout's).
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
             collate_fn=collate,
             num_workers=self.num_workers,
         )

@@ -6,6 +6,8 @@ tokens and SimCSE/E5-V's batcher joins them back with single spaces.
 
 from __future__ import annotations
 
+import math
+
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,12 @@ class STSPairs:
             raise ValueError(
                 f"{self.name}: {len(self.sentences1)} / {len(self.sentences2)} sentences and {len(self.scores)} scores"
             )
+        # Gold scores are on the 0-5 scale (SICK: 1-5); anything else is a corrupt file, and one NaN
+        # would silently turn the whole Spearman into NaN.
+        bad = [i for i, v in enumerate(self.scores) if not (math.isfinite(v) and 0.0 <= v <= 5.0)]
+        if bad:
+            where = self.meta.get("path", self.name)
+            raise ValueError(f"{where}: gold score {self.scores[bad[0]]!r} of pair {bad[0]} is not a number in [0, 5]")
 
     def __len__(self) -> int:
         return len(self.scores)
