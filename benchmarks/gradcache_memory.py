@@ -2,6 +2,13 @@
 
     python benchmarks/gradcache_memory.py --model tiny                 # built-in small transformer
     python benchmarks/gradcache_memory.py --model tiny --batch-sizes 16 64 --chunk-size 8 --device cuda
+    python benchmarks/gradcache_memory.py --model default --steps 1 --warmup 0 --plain-max-batch 64
+
+`--model default` is the real offline default embedder as training builds it: text-only SmolLlava
+(SmolLM2-135M-Instruct), LoRA r=64 / alpha 16 / dropout 0.05 on the decoder's linear layers, E5-V
+text prompt, inputs = SNLI triplets (anchor, positive, hard negative; raw text cut to 32 tokens)
+from $MMEMBED_DATA/nli (default ../shared/data). `--plain-max-batch` skips the plain (no GradCache)
+configuration above that batch size, where it would not fit in memory.
 
 Each (batch size, mode) runs in its own subprocess so peak memory does not mix between
 configurations: CPU peak is `resource.getrusage(RUSAGE_SELF).ru_maxrss` (the process's peak resident
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -39,6 +47,11 @@ class Bench:
     module: nn.Module
     encode: Callable
     make_batch: Callable[[int, torch.Generator], object]
+    # Optional: n -> the 3 input groups (queries, positives, hard negatives) of n related rows.
+    make_groups: Callable[[int, torch.Generator], list] | None = None
+
+    def groups(self, n: int, gen: torch.Generator) -> list:
+        return self.make_groups(n, gen) if self.make_groups else [self.make_batch(n, gen) for _ in range(3)]
 
 
 class TinyTransformerEncoder(nn.Module):
@@ -64,13 +77,42 @@ def build_tiny_encoder(device: torch.device) -> Bench:
     return Bench(model, model, make_batch)
 
 
+def _nli_file() -> Path:
+    root = Path(os.environ.get("MMEMBED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    path = root / "nli" / "snli_dev_simcse_triplets.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: set MMEMBED_DATA to the folder holding nli/")
+    return path
+
+
 def build_default_encoder(device: torch.device) -> Bench:
-    """Hook for the real offline default model (SmolLM2-based E5-V embedder); wired by the lead."""
-    raise NotImplementedError(
-        "--model default is not wired yet: build the default embedder here (mmembed.models), return "
-        "Bench(module, encode=<tokenised batch -> normalised last-token embeddings>, make_batch=<n -> tokenised "
-        "E5-V-prompted sentences>), and use --model tiny meanwhile"
-    )
+    """The offline default embedder with fresh LoRA adapters (r=64), fed SNLI triplets."""
+    from mmembed.data.text_pairs import ANCHOR, HARD_NEGATIVE, POSITIVE, load_text_pairs
+    from mmembed.models.backbones import load_backbone
+    from mmembed.models.embedder import MLLMEmbedder
+    from mmembed.models.lora import apply_lora
+    from mmembed.models.prompts import truncate_to_tokens
+
+    rows = load_text_pairs([str(_nli_file())])
+    backbone = load_backbone("default", text_only=True)
+    backbone.model = apply_lora(backbone.model, r=64, alpha=16, dropout=0.05)
+    embedder = MLLMEmbedder(backbone).to(device).train()
+    tokenizer = backbone.tokenizer
+
+    def featurize(texts: list[str]) -> dict:
+        inputs = embedder.featurize_text(truncate_to_tokens(texts, tokenizer, 32))
+        return {k: v.to(device) for k, v in inputs.items()}
+
+    def make_groups(n: int, gen: torch.Generator) -> list:
+        if n > len(rows):
+            raise ValueError(f"batch {n} > {len(rows)} NLI rows")
+        picked = rows.select(torch.randperm(len(rows), generator=gen)[:n].tolist())
+        return [featurize(list(picked[col])) for col in (ANCHOR, POSITIVE, HARD_NEGATIVE)]
+
+    def make_batch(n: int, gen: torch.Generator) -> dict:
+        return make_groups(n, gen)[0]
+
+    return Bench(embedder, embedder.embed, make_batch, make_groups)
 
 
 FACTORIES = {"tiny": build_tiny_encoder, "default": build_default_encoder}
@@ -82,8 +124,8 @@ def run_one(model: str, batch: int, mode: str, chunk_size: int, steps: int, warm
     dev = torch.device(device)
     bench = FACTORIES[model](dev)
     gen = torch.Generator().manual_seed(0)
-    groups = [bench.make_batch(batch, gen) for _ in range(3)]
-    opt = torch.optim.AdamW(bench.module.parameters(), lr=1e-4)
+    groups = bench.groups(batch, gen)
+    opt = torch.optim.AdamW([p for p in bench.module.parameters() if p.requires_grad], lr=1e-4)
     cuda = dev.type == "cuda"
     setup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if cuda:
@@ -134,11 +176,20 @@ def print_table(rows: list[dict], chunk_size: int) -> None:
     print(head + f" | {'peak RSS plain/gc (MB)':>22}")
     print("-" * len(head) + "-" * 25)
     for batch in sorted({r["batch"] for r in rows}):
-        p = next(r for r in rows if r["batch"] == batch and r["mode"] == "plain")
+        p = next((r for r in rows if r["batch"] == batch and r["mode"] == "plain"), None)
         g = next(r for r in rows if r["batch"] == batch and r["mode"] == "gradcache")
+        if p is None:  # skipped (--plain-max-batch)
+            print(f"{batch:>6} | {'skipped':>9} {g[mem]:>9.1f} {'-':>12} | {'skipped':>8} {g['sec_per_step']:>8.3f} "
+                  f"{'-':>13} | {'-':>10} / {g['peak_rss_mb']:<9.0f}")
+            continue
         print(f"{batch:>6} | {p[mem]:>9.1f} {g[mem]:>9.1f} {g[mem] / max(p[mem], 1e-9):>12.2f} | "
               f"{p['sec_per_step']:>8.3f} {g['sec_per_step']:>8.3f} {g['sec_per_step'] / p['sec_per_step']:>13.2f} | "
               f"{p['peak_rss_mb']:>10.0f} / {g['peak_rss_mb']:<9.0f}")
+    gc = sorted((r for r in rows if r["mode"] == "gradcache"), key=lambda r: r["batch"])
+    if len(gc) > 1:
+        lo, hi = gc[0], gc[-1]
+        print(f"GradCache memory growth batch {lo['batch']} -> {hi['batch']}: {mem} x{hi[mem] / max(lo[mem], 1e-9):.2f}, "
+              f"peak RSS x{hi['peak_rss_mb'] / lo['peak_rss_mb']:.2f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    ap.add_argument("--plain-max-batch", type=int, default=None,
+                    help="skip the plain (no GradCache) run for batch sizes above this (it would not fit)")
     ap.add_argument("--json", type=Path, help="also write the raw rows here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=["plain", "gradcache"], help=argparse.SUPPRESS)
@@ -161,10 +214,15 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(res))
         return
     if args.model == "default":
-        build_default_encoder(torch.device(args.device))  # fail fast, before spawning workers
+        from mmembed.models.default_model import ensure_default_model
+
+        _nli_file(), ensure_default_model()  # fail fast (and prepare the model once), before spawning workers
     rows = []
     for batch in args.batch_sizes:
         for mode in ("plain", "gradcache"):
+            if mode == "plain" and args.plain_max_batch is not None and batch > args.plain_max_batch:
+                print(f"batch {batch:>4}     plain: skipped (--plain-max-batch {args.plain_max_batch})", flush=True)
+                continue
             rows.append(measure(args, batch, mode))
             r = rows[-1]
             print(f"batch {batch:>4} {mode:>9}: {r['sec_per_step']:.3f} s/step, peak RSS {r['peak_rss_mb']:.0f} MB "

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 
-def _code(text: str) -> str:
+def _code(text: str | None) -> str:
+    if text is None:
+        return "(none: the model takes raw text)"
     return "`" + json.dumps(text)[1:-1] + "`"  # escapes newlines so the exact string stays on one line
 
 

@@ -2,30 +2,59 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import lightning as L
 import torch
 
-from mmembed.losses import info_nce
+from mmembed.losses import distributed_info_nce, grad_cache_step
 from mmembed.models.backbones import vision_modules
 from mmembed.models.embedder import MLLMEmbedder
+
+# Wrapper prefixes FSDP / activation checkpointing insert into parameter names.
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_forward_module.")
 
 
 class EmbeddingLitModule(L.LightningModule):
     """Trains the embedder's trainable parameters (the LoRA adapters) with in-batch InfoNCE.
 
     Batches come from `TextPairCollator`: one tokenised batch holding [anchors; positives; hard
-    negatives], embedded in a single forward pass and split into groups for the loss.
+    negatives], embedded in one forward pass (or in GradCache chunks) and split into groups for the loss.
+
+    Across devices (DDP / FSDP / DeepSpeed) the candidates are gathered from every rank with gradient
+    and the anchors stay local, so each query sees `world * (positives + hard negatives)` candidates.
+    Each rank's loss is the mean over its own queries; the strategies average gradients over ranks,
+    which is then exactly the gradient of one process on the concatenated batch (no extra scaling).
+
+    `loss.cache.chunk_size` (GradCache) switches to manual optimisation: the batch is embedded in
+    chunks of that many sequences, the loss is backpropagated to the embeddings, and each chunk is
+    re-run with grad. Lightning refuses `Trainer(gradient_clip_val, accumulate_grad_batches)` under
+    manual optimisation, so those two trainer settings are handed to this module instead (see
+    `mmembed.lit.strategies.manual_optimization_split`), which applies them itself.
     """
 
-    def __init__(self, embedder: MLLMEmbedder, loss: dict, optim: dict):
+    def __init__(
+        self,
+        embedder: MLLMEmbedder,
+        loss: dict,
+        optim: dict,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+        accumulate_grad_batches: int = 1,
+    ):
         super().__init__()
         self.embedder = embedder
         # Plain values only: the model is rebuilt from config, never pickled into checkpoints.
         self.save_hyperparameters(ignore=["embedder"])
         # Checkpoints hold the trainable (adapter) weights only; the frozen base comes from its folder.
         self.strict_loading = False
+        self.chunk_size = ((loss.get("cache") or {}).get("chunk_size")) or None
+        if self.chunk_size is not None and int(self.chunk_size) < 1:
+            raise ValueError(f"loss.cache.chunk_size must be null or >= 1, got {self.chunk_size}")
+        if int(accumulate_grad_batches) < 1:
+            raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+        self.automatic_optimization = self.chunk_size is None
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     # ---- training ----
@@ -36,21 +65,77 @@ class EmbeddingLitModule(L.LightningModule):
         for module in vision_modules(self.embedder.model).values():
             module.eval()
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        embeddings = self.embedder(**batch["inputs"])
+    def embed(self, inputs: dict) -> torch.Tensor:
+        """One tokenised batch (or chunk) -> [n, D] L2-normalised embeddings."""
+        return self.embedder(**inputs)
+
+    def contrastive_loss(self, embeddings: torch.Tensor, batch: dict):
+        """InfoNCE over [anchors; positives; hard negatives], candidates gathered from every rank."""
         groups = embeddings.split(batch["batch_size"])
         query, positive = groups[0], groups[1]
         hard_negative = groups[2] if len(groups) > 2 else None
-        loss = info_nce(query, positive, hard_negative, temperature=self.hparams.loss["temperature"])
-        if not torch.isfinite(loss):
+        return distributed_info_nce(query, positive, hard_negative, temperature=self.hparams.loss["temperature"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if self.automatic_optimization:
+            out = self.contrastive_loss(self.embed(batch["inputs"]), batch)
+            self._check_and_log(out.loss, out.num_negatives, batch)
+            return out.loss
+        return self._grad_cache_training_step(batch, batch_idx)
+
+    def _grad_cache_training_step(self, batch: dict, batch_idx: int) -> None:
+        opt = self.optimizers()
+        accumulate = int(self.hparams.accumulate_grad_batches)
+        window_start = batch_idx % accumulate == 0
+        boundary = (batch_idx + 1) % accumulate == 0 or self.trainer.is_last_batch
+        if window_start:
+            opt.zero_grad()
+        strategy = self.trainer.strategy
+        block_sync = getattr(strategy, "block_backward_sync", None)  # DDP: all-reduce once per window
+        info = {}
+
+        def loss_fn(embeddings: torch.Tensor) -> torch.Tensor:
+            out = self.contrastive_loss(embeddings, batch)
+            info["loss"], info["num_negatives"] = out.loss.detach(), out.num_negatives
+            # Like Lightning's automatic accumulation: each micro-batch contributes loss / accumulate.
+            return out.loss / accumulate
+
+        outer = contextlib.nullcontext() if boundary or block_sync is None else block_sync()
+        with outer:
+            grad_cache_step(
+                self.embed,
+                [batch["inputs"]],
+                loss_fn,
+                int(self.chunk_size),
+                backward_fn=self.manual_backward,
+                no_sync=block_sync if boundary else None,
+            )
+        self._check_and_log(info["loss"], info["num_negatives"], batch)
+        if boundary:
+            if self.hparams.gradient_clip_val:
+                self.clip_gradients(
+                    opt,
+                    gradient_clip_val=self.hparams.gradient_clip_val,
+                    gradient_clip_algorithm=self.hparams.gradient_clip_algorithm,
+                )
+            opt.step()
+            scheduler = self.lr_schedulers()
+            if scheduler is not None:
+                scheduler.step()
+
+    def _check_and_log(self, loss: torch.Tensor, num_negatives: int, batch: dict) -> None:
+        # Every rank takes the same decision, so one rank's NaN stops all of them (no hang).
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+        if not finite:
             raise FloatingPointError(
                 f"non-finite training loss ({loss.item()}) at global step {self.global_step}; stopping. "
                 "The last good checkpoint is kept in the run's checkpoints folder."
             )
-        candidates = positive.shape[0] + (0 if hard_negative is None else hard_negative.shape[0])
-        self.log("train/loss", loss, prog_bar=True, batch_size=query.shape[0])
-        self.log("train/num_negatives", float(candidates - 1), batch_size=query.shape[0])
-        return loss
+        size = int(batch["batch_size"])
+        # The mean over ranks of the local losses is the loss of the concatenated (global) batch.
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=size, sync_dist=True)
+        # Global candidates - 1: the negatives each query really competes against.
+        self.log("train/num_negatives", float(num_negatives), batch_size=size)
 
     # ---- validation: STS Spearman of cosine similarities ----
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -67,7 +152,11 @@ class EmbeddingLitModule(L.LightningModule):
         cos, gold, ids = cos.reshape(-1), gold.reshape(-1), ids.reshape(-1)
         # DistributedSampler pads with repeated samples: keep one entry per id.
         _, first = _unique_first(ids)
-        self.log("val/sts_spearman", _spearman(cos[first], gold[first]) * 100, prog_bar=True, sync_dist=False)
+        first = first.cpu()
+        # Every rank holds the same gathered values; sync_dist averages identical numbers (a no-op).
+        spearman = _spearman(cos.cpu()[first], gold.cpu()[first]) * 100
+        self.log("val/sts_spearman", spearman, prog_bar=True, sync_dist=True)
+        self.log("val/num_pairs", float(first.numel()), sync_dist=True)
 
     # ---- optimisation ----
     def configure_optimizers(self):
@@ -79,6 +168,10 @@ class EmbeddingLitModule(L.LightningModule):
             params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0), betas=tuple(cfg.get("betas", (0.9, 0.999)))
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
+        accumulate = int(self.hparams.accumulate_grad_batches)
+        if accumulate > 1 and self.trainer.max_steps == -1:
+            # Manual accumulation: the trainer counts batches, the optimizer steps once per window.
+            total = max(math.ceil(total / accumulate), 1)
         warmup = int(cfg.get("warmup_steps", 0) or round(cfg.get("warmup_ratio", 0.0) * total))
         schedule = _lr_lambda(cfg.get("schedule", "linear"), warmup, total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -86,8 +179,15 @@ class EmbeddingLitModule(L.LightningModule):
 
     # ---- checkpoints: adapters only ----
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        trainable = {clean_param_name(name) for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if clean_param_name(k) in trainable}
+
+
+def clean_param_name(name: str) -> str:
+    """A parameter name without the wrapper prefixes FSDP / activation checkpointing insert."""
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
 
 
 def _lr_lambda(kind: str, warmup: int, total: int):
