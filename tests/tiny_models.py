@@ -41,6 +41,14 @@ def build_tiny_smol_llava(default_dir: str | Path, out_dir: str | Path, seed: in
     config = SmolLlavaConfig(text_config=text_config, image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
     torch.manual_seed(seed)
     model = SmolLlavaForConditionalGeneration(config).eval()
+    # transformers' generic init (conv std 0.02, BatchNorm scale 0) maps every image to ~1e-21, so no
+    # test could tell two images apart: give the tiny tower variance-preserving weights instead.
+    with torch.no_grad():
+        for module in model.model.vision_tower.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            elif isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.fill_(1.0)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)

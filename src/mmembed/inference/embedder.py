@@ -1,0 +1,223 @@
+"""`Embedder`: fast batch inference on top of `MLLMEmbedder` (same prompts, same pooling).
+
+    from mmembed import Embedder
+    emb = Embedder.from_pretrained("default", adapter="logs/run/adapters/last")
+    vectors = emb.encode(texts=["a dog running", "a red car"])            # [2, D], L2-normalised
+    vectors = emb.encode(images=["cat.jpg", pil_image], to_numpy=True)     # numpy [2, D]
+    vectors = emb.encode(composed=[("dress.jpg", "make it red")])           # CIR-style query
+
+What makes it faster than calling the model per batch: only the decoder body runs (no vocabulary
+logits, no per-layer hidden states); texts are sorted by token length so batches carry little
+padding (results come back in input order, duplicates embedded once); the prompt prefix every input
+shares (the chat template's system turn) is computed once and reused (see prefix.py); images are
+decoded and preprocessed in a background thread one batch ahead; conv vision towers run channels-last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmembed.inference.inputs import batches, length_order, load_image, pick_modality, prefetched
+from mmembed.inference.prefix import PrefixCache, build_prefix_cache
+from mmembed.models.backbones import DEFAULT_MODEL, load_backbone, unwrap, vision_modules
+from mmembed.models.embedder import MLLMEmbedder
+from mmembed.models.prompts import PromptConfig
+
+log = logging.getLogger(__name__)
+
+PROMPTS_FILE = "mmembed_prompts.json"  # written by export_merged beside the model
+DEFAULT_KIND = {"texts": "text", "images": "image", "composed": "cir_query"}
+AUTO_PROGRESS_ITEMS = 512  # progress=None shows a bar from this many inputs on
+
+
+class Embedder:
+    """Encodes texts, images or (image, text) pairs into L2-normalised vectors of one space."""
+
+    def __init__(
+        self,
+        embedder: MLLMEmbedder,
+        prefix_cache: str | bool = "auto",
+        prefetch: bool = True,
+        channels_last: bool = True,
+        image_chunk: int = 8,
+    ):
+        self.embedder = embedder.eval()
+        self.backbone = embedder.backbone
+        self.prefetch = prefetch
+        self.image_chunk = image_chunk
+        if channels_last:
+            _channels_last_vision(self.backbone.model)
+        self.prefix: PrefixCache | None = build_prefix_cache(embedder, prefix_cache)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_or_folder: str | Path = DEFAULT_MODEL,
+        adapter: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        dtype: str = "float32",
+        merge_adapter: bool = True,
+        prompts: PromptConfig | Mapping | None = None,
+        text_only: bool = False,
+        trust_remote_code: bool = False,
+        **options,
+    ) -> Embedder:
+        """Load a model ("default", a hub id or a folder), optionally with a LoRA adapter folder.
+
+        merge_adapter folds the adapter into the weights (faster; same vectors up to rounding).
+        prompts: a PromptConfig or mapping of its fields; None uses the folder's mmembed_prompts.json
+        (written by `export_merged`) if there is one, else E5-V's prompts. options go to __init__
+        (prefix_cache, prefetch, channels_last, image_chunk).
+        """
+        backbone = load_backbone(
+            str(model_or_folder), dtype=dtype, trust_remote_code=trust_remote_code, text_only=text_only,
+            padding_side="left",
+        )
+        if adapter is not None:
+            from mmembed.models.lora import load_adapter
+
+            backbone = dataclasses.replace(backbone, model=load_adapter(backbone.model, adapter, merge=merge_adapter))
+        backbone.model.to(device).eval()
+        return cls(MLLMEmbedder(backbone, resolve_prompts(prompts, backbone.name_or_path)), **options)
+
+    # ---- facts about the model ----
+    @property
+    def dim(self) -> int:
+        return int(unwrap(self.backbone.model).config.get_text_config().hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedder.device
+
+    @property
+    def prompts(self) -> PromptConfig:
+        return self.embedder.renderer.config
+
+    def rendered_prompts(self) -> dict[str, str]:
+        """The exact template strings this embedder feeds the model (placeholders left in)."""
+        renderer, out = self.embedder.renderer, {}
+        for kind in ("text", "image", "cir_query", "cir_target"):
+            try:
+                out[kind] = renderer.render(kind, "<sent>")
+            except ValueError:  # e.g. no image token on a text-only model
+                continue
+        return out
+
+    # ---- encoding ----
+    def encode(
+        self,
+        texts: Sequence[str] | None = None,
+        images: Sequence | None = None,
+        composed: Sequence[tuple] | None = None,
+        batch_size: int = 32,
+        to_numpy: bool = False,
+        progress: bool | None = None,
+        kind: str | None = None,
+        category: str | None = None,
+    ) -> torch.Tensor | np.ndarray:
+        """[N, D] float32 L2-normalised embeddings (CPU tensor, or numpy with to_numpy), in input order.
+
+        Exactly one of texts (strings), images (paths or PIL images) or composed ((image, text) pairs)
+        per call. kind picks the prompt (defaults: "text", "image", "cir_query"); category fills
+        FashionIQ prompts. progress: True/False, or None for a bar from 512 inputs on.
+        """
+        modality, items = pick_modality(texts, images, composed)
+        kind = kind or DEFAULT_KIND[modality]
+        unique, positions = items, None
+        if modality == "texts":  # each distinct string once
+            unique = list(dict.fromkeys(items))
+            slot = {text: i for i, text in enumerate(unique)}
+            positions = [slot[text] for text in items]
+        out = torch.zeros(len(unique), self.dim)
+        if unique:
+            plan = batches(length_order(self._lengths(modality, unique)), batch_size)
+            show = len(unique) >= AUTO_PROGRESS_ITEMS if progress is None else progress
+            featurize = self._featurizer(modality, unique, kind, category)
+            unit = {"texts": "text", "images": "image", "composed": "pair"}[modality]
+            with torch.inference_mode(), tqdm(total=len(unique), unit=unit, disable=not show) as bar:
+                for idx, inputs in prefetched(featurize, plan, self.prefetch):
+                    out[idx] = self._forward(inputs).to("cpu", torch.float32)
+                    bar.update(len(idx))
+        if positions is not None:
+            out = out[torch.tensor(positions, dtype=torch.long)] if positions else out
+        return out.numpy() if to_numpy else out
+
+    def _lengths(self, modality: str, items: list) -> list[int]:
+        """Token counts of the text part (0 for plain images, whose prompts all have one length)."""
+        if modality == "images":
+            return [0] * len(items)
+        strings = items if modality == "texts" else [pair[1] for pair in items]
+        return [len(ids) for ids in self.backbone.tokenizer(strings, add_special_tokens=False)["input_ids"]]
+
+    def _featurizer(self, modality: str, items: list, kind: str, category: str | None):
+        embedder = self.embedder
+        if modality == "texts":
+            if kind != "text":
+                raise ValueError(f"texts are embedded with the 'text' prompt, not {kind!r}")
+            return lambda idx: embedder.featurize_text([items[i] for i in idx])
+        if modality == "images":
+            return lambda idx: embedder.featurize_images(
+                [load_image(items[i]) for i in idx], kind=kind, category=category
+            )
+        return lambda idx: embedder.featurize_images(
+            [load_image(items[i][0]) for i in idx], [items[i][1] for i in idx], kind=kind, category=category
+        )
+
+    def _forward(self, inputs: dict) -> torch.Tensor:
+        """One featurised batch -> embeddings. Batches with images go through the model `image_chunk`
+        rows at a time: the vision tower's activations, not the decoder's, bound memory there."""
+        rows = inputs["input_ids"].shape[0]
+        chunk = self.image_chunk if "pixel_values" in inputs and self._row_aligned(inputs, rows) else rows
+        if chunk >= rows:
+            return self._forward_rows(inputs)
+        return torch.cat(
+            [self._forward_rows({k: v[s : s + chunk] for k, v in inputs.items()}) for s in range(0, rows, chunk)]
+        )
+
+    def _row_aligned(self, inputs: dict, rows: int) -> bool:
+        """Every input is a tensor with one entry per row (not Qwen2-VL's flattened patches)."""
+        return self.backbone.family != "qwen2_vl" and all(
+            isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == rows for v in inputs.values()
+        )
+
+    def _forward_rows(self, inputs: dict) -> torch.Tensor:
+        if self.prefix is not None:
+            rest = self.prefix.split(inputs)
+            if rest is not None:
+                return self.prefix.forward(rest)
+        return self.embedder(**inputs)
+
+    def __repr__(self) -> str:
+        return (
+            f"Embedder({self.backbone.name_or_path!r}, family={self.backbone.family}, dim={self.dim}, "
+            f"device={self.device}, prefix_cache={len(self.prefix) if self.prefix else 0} tokens)"
+        )
+
+
+def resolve_prompts(prompts: PromptConfig | Mapping | None, folder: str | Path) -> PromptConfig:
+    """The given prompts; else a model folder's saved mmembed_prompts.json; else E5-V's defaults."""
+    if isinstance(prompts, PromptConfig):
+        return prompts
+    if prompts is not None:
+        return PromptConfig.from_mapping(prompts)
+    saved = Path(folder) / PROMPTS_FILE
+    if saved.is_file():
+        log.info("prompts from %s", saved)
+        return PromptConfig.from_mapping(json.loads(saved.read_text()))
+    return PromptConfig()
+
+
+def _channels_last_vision(model: nn.Module) -> None:
+    """Conv vision towers (EfficientNet) run ~1.5x faster channels-last on CPU; same results."""
+    for module in vision_modules(model).values():
+        if any(isinstance(m, nn.Conv2d) for m in module.modules()):
+            module.to(memory_format=torch.channels_last)

@@ -1,0 +1,82 @@
+"""Inputs for `Embedder.encode`: validation, image loading, length-sorted batches, prefetching.
+
+Batches are featurised (images decoded, prompts rendered, tokenised, pixels preprocessed) in a
+background thread one batch ahead, so decoding overlaps with the model's forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image
+
+from mmembed.data.benchmarks.images import open_image
+
+MODALITIES = ("texts", "images", "composed")
+
+
+def pick_modality(texts, images, composed) -> tuple[str, list]:
+    """The one modality given, as (name, list). Mixing them in one call is rejected."""
+    given = {name: value for name, value in zip(MODALITIES, (texts, images, composed)) if value is not None}
+    if len(given) != 1:
+        what = "none" if not given else " and ".join(f"{n}=" for n in given)
+        raise ValueError(
+            f"encode() takes exactly one of texts=, images= or composed= per call (got {what}); the modalities "
+            "are embedded with different prompts, so call encode() once per modality"
+        )
+    name, items = next(iter(given.items()))
+    if isinstance(items, (str, bytes, Path, Image.Image)) or not isinstance(items, Sequence):
+        raise TypeError(f"{name}= must be a list (got {type(items).__name__}); wrap a single item as [item]")
+    items = list(items)
+    for i, item in enumerate(items):
+        _check_item(name, i, item)
+    return name, items
+
+
+def _check_item(name: str, i: int, item) -> None:
+    if name == "texts" and not isinstance(item, str):
+        raise TypeError(f"texts[{i}] is a {type(item).__name__}, not a str")
+    if name == "images" and not isinstance(item, (str, Path, Image.Image)):
+        raise TypeError(f"images[{i}] is a {type(item).__name__}; pass file paths or PIL images")
+    if name == "composed":
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], str)):
+            raise TypeError(f"composed[{i}] must be an (image, text) pair, got {item!r:.80}")
+        _check_item("images", i, item[0])
+
+
+def load_image(item) -> Image.Image:
+    """An RGB PIL image from a path or a PIL image; an unreadable or missing file raises naming it."""
+    if isinstance(item, Image.Image):
+        return item if item.mode == "RGB" else item.convert("RGB")
+    return open_image(item, on_error="raise")
+
+
+def length_order(lengths: Sequence[int]) -> list[int]:
+    """Indices sorted by length, longest first (stable): batches of similar lengths, the largest first."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+def batches(order: Sequence[int], batch_size: int) -> list[list[int]]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+
+
+def prefetched(featurize: Callable[[list[int]], dict], plan: Sequence[list[int]], prefetch: bool = True) -> Iterator:
+    """Yields (batch indices, featurize(batch)), preparing the next batch in a thread while the caller works."""
+    if not prefetch:
+        for idx in plan:
+            yield idx, featurize(idx)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmembed-featurize") as pool:
+        pending = pool.submit(featurize, plan[0]) if plan else None
+        try:
+            for n, idx in enumerate(plan):
+                current = pending
+                pending = pool.submit(featurize, plan[n + 1]) if n + 1 < len(plan) else None
+                yield idx, current.result()
+        finally:
+            if pending is not None:
+                pending.cancel()
