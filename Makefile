@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 STAMP := $(VENV)/.installed
 
-.PHONY: setup prepare train test test-all test-slow tb eval clean
+.PHONY: setup prepare train test test-fast tb eval results clean
 
 setup: $(STAMP)
 
@@ -33,12 +33,16 @@ train: prepare
 eval: prepare
 	$(BIN)/python src/eval.py $(ARGS)
 
-# The README's test command: everything except tests marked slow... plus the slow ones (all tests).
+# The README's test command: the whole suite, slow tests included (about 10-15 min on 2 cores).
 test: prepare
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-fast: prepare
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+# The local results table (untrained / trained / MiniLM); ADAPTER defaults to the newest training run.
+results: prepare
+	PY=$(BIN)/python bash experiments/local_results.sh $(ADAPTER)
 
 tb:
 	$(BIN)/tensorboard --logdir logs --port 6006

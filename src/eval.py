@@ -40,9 +40,12 @@ def build_eval_embedder(cfg: DictConfig):
         from mmembed.models.text_baseline import MeanPoolTextEmbedder
 
         return MeanPoolTextEmbedder(cfg.model.get("folder"))
+    from mmembed.inference import Embedder
     from mmembed.pipeline import build_embedder
 
-    return build_embedder(cfg, trainable=False)
+    # The inference Embedder gives the same vectors as the plain embedder (tested to cos >= 0.9999),
+    # faster: texts sorted by token length, the shared prompt prefix computed once.
+    return Embedder(build_embedder(cfg, trainable=False))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")

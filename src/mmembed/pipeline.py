@@ -14,7 +14,7 @@ from mmembed.lit.strategies import StrategyUnavailableError, manual_optimization
 from mmembed.models.backbones import BackboneLoadError, load_backbone
 from mmembed.models.embedder import MLLMEmbedder
 from mmembed.models.lora import apply_lora, load_adapter
-from mmembed.models.prompts import PromptConfig
+from mmembed.models.prompts import PromptConfig, saved_prompts
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,11 @@ def build_embedder(cfg: DictConfig, trainable: bool = False) -> MLLMEmbedder:
     if m.get("gradient_checkpointing") and trainable:
         backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     adapter = cfg.get("adapter")
+    prompts = PromptConfig.from_mapping(OmegaConf.to_container(cfg.prompt, resolve=True))
+    trained_with = saved_prompts(adapter) if adapter else None
+    if trained_with is not None and trained_with != prompts:
+        # The configured prompts win (YAML is the source of values), but say so loudly.
+        log.warning("adapter %s was trained with other prompts than prompt=... selects: %s vs %s", adapter, trained_with, prompts)
     if adapter:
         backbone.model = load_adapter(backbone.model, adapter, merge=bool(cfg.get("merge_adapter", False)))
     if trainable and cfg.lora.enabled:
@@ -114,7 +119,7 @@ def build_embedder(cfg: DictConfig, trainable: bool = False) -> MLLMEmbedder:
             raise ValueError("training on top of an unmerged adapter: set merge_adapter=true")
         lora = cfg.lora
         backbone.model = apply_lora(backbone.model, lora.r, lora.alpha, lora.dropout, lora.get("target_modules"))
-    return MLLMEmbedder(backbone, PromptConfig.from_mapping(OmegaConf.to_container(cfg.prompt, resolve=True)))
+    return MLLMEmbedder(backbone, prompts)
 
 
 def run_training(cfg: DictConfig) -> dict:

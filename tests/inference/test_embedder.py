@@ -140,3 +140,30 @@ def test_unmerged_adapter_equals_merged(tiny_dir, lora_adapter_dir):
     merged = Embedder.from_pretrained(tiny_dir, adapter=lora_adapter_dir)
     unmerged = Embedder.from_pretrained(tiny_dir, adapter=lora_adapter_dir, merge_adapter=False)
     assert_same_rows(merged.encode(texts=TEXTS), unmerged.encode(texts=TEXTS))
+
+
+def test_embedder_serves_the_evaluation_runner_with_the_same_vectors(tiny_dir):
+    """eval.py wraps the model in Embedder; the runner's helpers must give MLLMEmbedder's vectors."""
+    import torch
+    from PIL import Image
+
+    from mmembed.evaluation.encode import encode_texts
+    from mmembed.inference import Embedder
+    from mmembed.models.backbones import load_backbone
+    from mmembed.models.embedder import MLLMEmbedder
+
+    plain = MLLMEmbedder(load_backbone(str(tiny_dir))).eval()
+    fast = Embedder(plain)
+    texts = ["a b c d e f g", "a dog", "a dog", "two cats on a long red sofa in the sun"]
+    got = encode_texts(fast, texts, batch_size=2, progress=False)
+    with torch.no_grad():
+        want = torch.cat([plain.encode_text([t]) for t in texts])
+    assert torch.nn.functional.cosine_similarity(got, want).min() > 0.9999
+    assert fast.renderer is plain.renderer and fast.eval() is fast
+
+    images = [Image.new("RGB", (40, 30), c) for c in ("red", "blue")]
+    with torch.no_grad():
+        want_img = plain.encode_image(images)
+        want_cmp = plain.encode_composed(images, ["make it green", "x"])
+    assert torch.nn.functional.cosine_similarity(fast.encode_image(images), want_img).min() > 0.9999
+    assert torch.nn.functional.cosine_similarity(fast.encode_composed(images, ["make it green", "x"]), want_cmp).min() > 0.9999

@@ -29,6 +29,11 @@ def test_text_only_training_writes_adapters_and_matches_on_reload(tiny_smol_llav
 
     adapter = tmp_path / "adapters" / "last"
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    # The adapter carries the prompts it was trained with; the inference API picks them up.
+    from mmembed.inference.embedder import resolve_prompts
+    from mmembed.models.prompts import saved_prompts
+
+    assert saved_prompts(adapter).system == "" == resolve_prompts(None, adapter, tiny_smol_llava_dir).system
     # Lightning checkpoints hold the adapters only (plus optimizer state), never the frozen base.
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     keys = list(ckpt["state_dict"])

@@ -16,7 +16,6 @@ decoded and preprocessed in a background thread one batch ahead; conv vision tow
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,11 +29,10 @@ from mmembed.inference.inputs import batches, length_order, load_image, pick_mod
 from mmembed.inference.prefix import PrefixCache, build_prefix_cache
 from mmembed.models.backbones import DEFAULT_MODEL, load_backbone, unwrap, vision_modules
 from mmembed.models.embedder import MLLMEmbedder
-from mmembed.models.prompts import PromptConfig
+from mmembed.models.prompts import PromptConfig, saved_prompts
 
 log = logging.getLogger(__name__)
 
-PROMPTS_FILE = "mmembed_prompts.json"  # written by export_merged beside the model
 DEFAULT_KIND = {"texts": "text", "images": "image", "composed": "cir_query"}
 AUTO_PROGRESS_ITEMS = 512  # progress=None shows a bar from this many inputs on
 
@@ -74,8 +72,8 @@ class Embedder:
         """Load a model ("default", a hub id or a folder), optionally with a LoRA adapter folder.
 
         merge_adapter folds the adapter into the weights (faster; same vectors up to rounding).
-        prompts: a PromptConfig or mapping of its fields; None uses the folder's mmembed_prompts.json
-        (written by `export_merged`) if there is one, else E5-V's prompts. options go to __init__
+        prompts: a PromptConfig or mapping of its fields; None uses the mmembed_prompts.json saved with
+        the adapter (by training) or the model folder (by `export_merged`) if there is one, else E5-V's prompts. options go to __init__
         (prefix_cache, prefetch, channels_last, image_chunk).
         """
         backbone = load_backbone(
@@ -87,7 +85,7 @@ class Embedder:
 
             backbone = dataclasses.replace(backbone, model=load_adapter(backbone.model, adapter, merge=merge_adapter))
         backbone.model.to(device).eval()
-        return cls(MLLMEmbedder(backbone, resolve_prompts(prompts, backbone.name_or_path)), **options)
+        return cls(MLLMEmbedder(backbone, resolve_prompts(prompts, adapter, backbone.name_or_path)), **options)
 
     # ---- facts about the model ----
     @property
@@ -151,6 +149,26 @@ class Embedder:
             out = out[torch.tensor(positions, dtype=torch.long)] if positions else out
         return out.numpy() if to_numpy else out
 
+    # ---- the MLLMEmbedder interface, so the evaluation runner gets the fast path too ----
+    @property
+    def renderer(self):
+        return self.embedder.renderer
+
+    def eval(self) -> Embedder:
+        return self
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.encode(texts=list(texts), batch_size=max(len(texts), 1), progress=False)
+
+    def encode_image(self, images: Sequence, kind: str = "image", category: str | None = None) -> torch.Tensor:
+        return self.encode(images=list(images), kind=kind, category=category, batch_size=max(len(images), 1), progress=False)
+
+    def encode_composed(
+        self, images: Sequence, texts: Sequence[str], kind: str = "cir_query", category: str | None = None
+    ) -> torch.Tensor:
+        pairs = list(zip(images, texts, strict=True))
+        return self.encode(composed=pairs, kind=kind, category=category, batch_size=max(len(pairs), 1), progress=False)
+
     def _lengths(self, modality: str, items: list) -> list[int]:
         """Token counts of the text part (0 for plain images, whose prompts all have one length)."""
         if modality == "images":
@@ -203,17 +221,14 @@ class Embedder:
         )
 
 
-def resolve_prompts(prompts: PromptConfig | Mapping | None, folder: str | Path) -> PromptConfig:
-    """The given prompts; else a model folder's saved mmembed_prompts.json; else E5-V's defaults."""
+def resolve_prompts(prompts: PromptConfig | Mapping | None, *folders: str | Path | None) -> PromptConfig:
+    """The given prompts; else those saved with the adapter or model (mmembed_prompts.json, adapter
+    first); else E5-V's defaults."""
     if isinstance(prompts, PromptConfig):
         return prompts
     if prompts is not None:
         return PromptConfig.from_mapping(prompts)
-    saved = Path(folder) / PROMPTS_FILE
-    if saved.is_file():
-        log.info("prompts from %s", saved)
-        return PromptConfig.from_mapping(json.loads(saved.read_text()))
-    return PromptConfig()
+    return saved_prompts(*folders) or PromptConfig()
 
 
 def _channels_last_vision(model: nn.Module) -> None:

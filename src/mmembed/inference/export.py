@@ -7,13 +7,13 @@ base model, and gives the same embeddings as base + adapter.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from mmembed.inference.embedder import PROMPTS_FILE, resolve_prompts
+from mmembed.inference.embedder import resolve_prompts
+from mmembed.models.prompts import save_prompts
 from mmembed.models.backbones import DEFAULT_MODEL, load_backbone
 from mmembed.models.prompts import PromptConfig
 
@@ -46,8 +46,7 @@ def export_merged(
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out)
     backbone.processor.save_pretrained(out)
-    config = resolve_prompts(prompts, backbone.name_or_path)
-    (out / PROMPTS_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    save_prompts(resolve_prompts(prompts, adapter, backbone.name_or_path), out)
     provenance = {"base_model": str(model), "base_path": backbone.name_or_path, "dtype": dtype,
                   "adapter": str(Path(adapter).resolve()) if adapter is not None else None}
     (out / EXPORT_FILE).write_text(json.dumps(provenance, indent=2) + "\n")

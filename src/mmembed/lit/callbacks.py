@@ -12,6 +12,7 @@ import lightning as L
 import psutil
 
 from mmembed.models.backbones import vision_modules
+from mmembed.models.prompts import save_prompts
 
 
 class AdapterSaver(L.Callback):
@@ -32,6 +33,7 @@ class AdapterSaver(L.Callback):
             return target
         tmp = self.dirpath / f".{name}.tmp"
         model.save_pretrained(str(tmp))
+        save_prompts(pl_module.embedder.renderer.config, tmp)  # loaders render what training rendered
         if target.exists():
             import shutil
 

@@ -7,12 +7,19 @@ appends an optional suffix. Nothing else in the project concatenates prompt stri
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 SENT = "<sent>"
 IMAGE = "<image>"
 CATEGORY = "<category>"
+
+# Written beside adapters (by training) and exported models, so every loader renders the prompts
+# the weights were trained with.
+PROMPTS_FILE = "mmembed_prompts.json"
 
 # The kinds of input an embedding prompt can wrap: plain text, plain image, and E5-V's composed
 # image retrieval pairs (CIRR: query = reference image + edit text, target = candidate image;
@@ -109,3 +116,17 @@ def truncate_to_tokens(texts: Sequence[str], tokenizer, max_tokens: int | None) 
         full = tokenizer(text, add_special_tokens=False)["input_ids"]
         out.append(text if len(full) <= max_tokens else tokenizer.decode(tok, skip_special_tokens=True))
     return out
+
+
+def save_prompts(config: PromptConfig, folder: str | Path) -> Path:
+    path = Path(folder) / PROMPTS_FILE
+    path.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    return path
+
+
+def saved_prompts(*folders: str | Path | None) -> PromptConfig | None:
+    """The prompt config saved in the first of `folders` that has one (adapter before model), else None."""
+    for folder in folders:
+        if folder is not None and (Path(folder) / PROMPTS_FILE).is_file():
+            return PromptConfig.from_mapping(json.loads((Path(folder) / PROMPTS_FILE).read_text()))
+    return None
