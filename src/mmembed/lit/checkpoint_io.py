@@ -5,9 +5,9 @@
   fsync'ed. A kill or crash mid-write leaves the previous `last.ckpt` intact (plus, at worst, a
   `.last.ckpt.*.tmp` file that the next successful save of the same name does not need).
 - `ResumeState`: stores the RNG states (torch, CUDA, numpy, python) in the checkpoint and restores
-  them when training restarts, so dropout masks after a resume equal the uninterrupted run's; and,
-  on a mid-epoch restart (where Lightning skips `on_train_epoch_start`), replays the module's
-  `on_train_epoch_start`, which puts the adapters back in training mode.
+  them when training restarts, so dropout masks after a resume equal the uninterrupted run's. (On a
+  mid-epoch restart Lightning skips `on_train_epoch_start`; the module's `on_train_start` sets the
+  train/eval modes then.)
 
 Lightning checkpoints are torch pickles that this project writes; resuming loads them with
 `weights_only=True` (tensors and plain containers only), so a `.ckpt` cannot run code while loading.
@@ -17,7 +17,6 @@ Still, only resume from checkpoints you trust.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import random
 import tempfile
@@ -29,7 +28,6 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -93,7 +91,7 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class ResumeState(L.Callback):
-    """RNG states in every checkpoint, restored at the restart; epoch-start modes replayed mid-epoch."""
+    """RNG states in every checkpoint, restored at the restart (the module sets train/eval modes itself)."""
 
     def __init__(self) -> None:
         self._to_restore: dict[str, Any] | None = None
@@ -109,8 +107,3 @@ class ResumeState(L.Callback):
         if self._to_restore is not None:
             set_rng_states(self._to_restore)
             self._to_restore = None
-        if getattr(trainer.fit_loop, "restarted_mid_epoch", False):
-            # Lightning does not call on_train_epoch_start again when resuming inside an epoch; the
-            # module sets the train/eval modes there (modules loaded by from_pretrained are in eval).
-            log.info("resumed mid-epoch at global step %d: replaying on_train_epoch_start", trainer.global_step)
-            pl_module.on_train_epoch_start()

@@ -65,6 +65,10 @@ class EmbeddingLitModule(L.LightningModule):
         for module in vision_modules(self.embedder.model).values():
             module.eval()
 
+    def on_train_start(self) -> None:
+        # A mid-epoch resume skips on_train_epoch_start; set the modes here too.
+        self.on_train_epoch_start()
+
     def embed(self, inputs: dict) -> torch.Tensor:
         """One tokenised batch (or chunk) -> [n, D] L2-normalised embeddings."""
         return self.embedder(**inputs)
