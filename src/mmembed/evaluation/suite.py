@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import platform
+import resource
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -84,6 +85,8 @@ def evaluate_suite(
         log.info("evaluating %s (%s)", name, cfg["task"])
         entry = tasks[cfg["task"]](embedder, dict(cfg, name=name), batch_size=batch_size, progress=progress)
         entry["wall_time_s"] = round(time.perf_counter() - t0, 2)
+        # The process' peak resident memory so far (model, embeddings, score chunks), in MiB.
+        entry["peak_rss_mb_so_far"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         results["benchmarks"][name] = entry
         results["wall_time_s"] = round(time.perf_counter() - start, 2)
         _write(results, out_dir)
