@@ -42,6 +42,13 @@ def test_default_config_is_the_text_only_recipe(tmp_path):
     assert cfg.data.train_files[0].endswith("nli/snli_dev_simcse_triplets.csv")
 
 
+def test_experiment_and_debug_files_override_root_values(tmp_path):
+    assert compose_train(["experiment=text_only"], tmp_path).task_name == "text_only"
+    assert compose_train([], tmp_path).task_name == "train"
+    debug = compose_train(["experiment=text_only", "debug=fast_dev_run"], tmp_path)
+    assert debug.task_name == "debug" and debug.validate_before_training is False
+
+
 def test_missing_data_names_the_setting(tiny_smol_llava_dir, tmp_path):
     result = run_train_cli(
         ["experiment=text_only", f"model.name_or_path={tiny_smol_llava_dir}", f"paths.data_root={tmp_path}/nowhere",
