@@ -1,4 +1,5 @@
-"""Opening benchmark images: RGB PIL images, with unreadable files reported by path (skipped or raised)."""
+"""Opening benchmark and inference images: `mmembed.data.images.load_image` (the project's one image
+loader: full decode, pixel limit, mode conversion) behind the OSError-style interface readers use."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ from pathlib import Path
 
 from PIL import Image
 
+from mmembed.data.images import load_image
+from mmembed.errors import BadImageError
+
 log = logging.getLogger(__name__)
 ON_ERROR = ("skip", "raise")
 
 
 class UnreadableImageError(OSError):
-    """An image file exists but cannot be decoded."""
+    """An image file is missing or cannot be decoded."""
 
 
 def open_image(path: str | Path, on_error: str = "raise") -> Image.Image | None:
@@ -20,10 +24,9 @@ def open_image(path: str | Path, on_error: str = "raise") -> Image.Image | None:
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as err:
+        return load_image(path, on_error="raise")
+    except BadImageError as err:
         if on_error == "raise":
-            raise UnreadableImageError(f"cannot read image {path}: {err} (on_error=skip skips such files)") from err
-        log.warning("skipping unreadable image %s: %s", path, err)
+            raise UnreadableImageError(f"cannot read image {path}: {err.reason} (on_error=skip skips such files)") from err
+        log.warning("skipping unreadable image %s: %s", path, err.reason)
         return None
