@@ -15,15 +15,11 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from mmembed.pipeline import benchmark_list
 
 log = logging.getLogger("mmembed.eval")
-
-
-def benchmark_list(eval_cfg: DictConfig) -> list[dict]:
-    """`eval.benchmarks` (name -> settings; a null entry disables it) as plain dicts with their names."""
-    benchmarks = OmegaConf.to_container(eval_cfg.benchmarks, resolve=True) or {}
-    return [dict(cfg, name=cfg.get("name") or key) for key, cfg in benchmarks.items() if cfg]
 
 
 def text_benchmarks_only(benchmarks: list[dict]) -> list[dict]:

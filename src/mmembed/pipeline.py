@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmembed.errors import DataConfigError
 from mmembed.lit.strategies import StrategyUnavailableError, manual_optimization_split, preflight
-from mmembed.models.backbones import BackboneLoadError, load_backbone
+from mmembed.models.backbones import BackboneLoadError, load_backbone, projector_module
 from mmembed.models.embedder import MLLMEmbedder
 from mmembed.models.lora import apply_lora, load_adapter
 from mmembed.models.prompts import PromptConfig, saved_prompts
@@ -92,16 +94,21 @@ def build_embedder(cfg: DictConfig, trainable: bool = False) -> MLLMEmbedder:
 
     m = cfg.model
     quantization = quantization_config(m.get("quantization"))  # refuses 4bit without CUDA + bitsandbytes
-    backbone = load_backbone(
-        m.name_or_path,
-        dtype=m.dtype,
-        trust_remote_code=m.trust_remote_code,
-        text_only=m.text_only,
-        attn_implementation=m.attn_implementation,
-        padding_side=m.padding_side,
-        cache_dir=m.get("cache_dir"),
-        quantization_config=quantization,
-    )
+    try:
+        backbone = load_backbone(
+            m.name_or_path,
+            dtype=m.dtype,
+            trust_remote_code=m.trust_remote_code,
+            text_only=m.text_only,
+            attn_implementation=m.attn_implementation,
+            padding_side=m.padding_side,
+            cache_dir=m.get("cache_dir"),
+            quantization_config=quantization,
+        )
+    except BackboneLoadError as err:
+        if m.get("how_to_get"):  # e.g. the aligned base: say which command writes it
+            raise BackboneLoadError(f"{err}; {m.how_to_get}") from err
+        raise
     if quantization is not None and trainable:
         backbone.model = prepare_for_kbit_training(backbone.model, bool(m.get("gradient_checkpointing")))
     if m.get("gradient_checkpointing") and trainable:
@@ -119,6 +126,12 @@ def build_embedder(cfg: DictConfig, trainable: bool = False) -> MLLMEmbedder:
             raise ValueError("training on top of an unmerged adapter: set merge_adapter=true")
         lora = cfg.lora
         backbone.model = apply_lora(backbone.model, lora.r, lora.alpha, lora.dropout, lora.get("target_modules"))
+    if trainable and cfg.get("train_projector"):
+        if m.text_only:
+            raise ValueError("train_projector=true needs the vision modules: set model.text_only=false")
+        if not cfg.lora.enabled:
+            backbone.model.requires_grad_(False)  # projector alignment: the projector alone learns
+        projector_module(backbone.model).requires_grad_(True)
     return MLLMEmbedder(backbone, prompts)
 
 
@@ -132,6 +145,7 @@ def run_training(cfg: DictConfig) -> dict:
     from mmembed.lit.data_quality import DataQualityMonitor
     from mmembed.lit.module import EmbeddingLitModule
 
+    started = time.perf_counter()
     out = ensure_writable(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg, out)  # before the model loads
     preflight(cfg.trainer, cfg.loss)  # a missing strategy package fails here, before data and model load
@@ -139,10 +153,19 @@ def run_training(cfg: DictConfig) -> dict:
     datamodule.check_paths()  # before the model loads: a wrong path costs seconds, not minutes
     L.seed_everything(cfg.seed, workers=True)
     embedder = build_embedder(cfg, trainable=True)
-    datamodule.bind(embedder.featurize_text, embedder.backbone.tokenizer)
+    captioning = cfg.loss.get("name") == "captioning"
+    if captioning:
+        from mmembed.lit.align_module import CaptionAlignLitModule
+        from mmembed.models.captioning import CaptionFeaturizer
+
+        featurize_captions = CaptionFeaturizer(embedder.backbone, embedder.renderer, cfg.loss.instruction)
+        datamodule.bind_embedder(embedder, featurize_captions=featurize_captions)
+    else:
+        datamodule.bind_embedder(embedder)
     # GradCache optimises manually: the module applies the trainer's clipping and accumulation.
     trainer_overrides, manual_kwargs = manual_optimization_split(cfg.trainer, cfg.loss)
-    module = EmbeddingLitModule(
+    module_cls = CaptionAlignLitModule if captioning else EmbeddingLitModule
+    module = module_cls(
         embedder,
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
@@ -174,10 +197,89 @@ def run_training(cfg: DictConfig) -> dict:
         "cost": cost,
         "data_quality": data_quality,
         "output_dir": str(out),
+        "wall_time_s": round(time.perf_counter() - started, 1),
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     log.info("training summary: %s", json.dumps(summary))
+    final_metrics = dict(summary["metrics"])
+    if cfg.get("evaluation") and trainer.is_global_zero:
+        del module, trainer, embedder, datamodule  # free the training copy before loading the evaluation one
+        gc.collect()
+        adapter_dir = out / "adapters" / "last" if cfg.lora.enabled else None
+        summary["evaluation"] = evaluate_trained(cfg, adapter_dir, out / "eval", logger or None)
+        final_metrics.update(summary["evaluation"]["metrics"])
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    if logger and hasattr(logger, "log_hyperparams"):
+        # TensorBoard's HParams tab: this run's settings next to its final numbers.
+        logger.log_hyperparams(_flat_hparams(cfg), metrics=final_metrics)
+        logger.finalize("success")  # flush the event file now: the process may go on to another sweep job
     return summary
+
+
+def benchmark_list(eval_cfg: DictConfig) -> list[dict]:
+    """`eval.benchmarks` (name -> settings; a null entry disables it) as plain dicts with their names."""
+    benchmarks = OmegaConf.to_container(eval_cfg.benchmarks, resolve=True) or {}
+    return [dict(cfg, name=cfg.get("name") or key) for key, cfg in benchmarks.items() if cfg]
+
+
+def evaluate_trained(cfg: DictConfig, adapter_dir: Path | None, out_dir: Path, logger=None) -> dict:
+    """Evaluate the model just trained (base + `adapter_dir`, vision tower loaded) on `cfg.evaluation`'s
+    benchmarks, and draw the modality gap of `evaluation.modality_gap`'s pairs before and after training.
+
+    Returns {"metrics": {"eval/<benchmark>/<metric>": value, "gap/...": value}, "results": path}.
+    """
+    from mmembed.evaluation.suite import check_benchmarks, evaluate_suite
+    from mmembed.inference import Embedder
+
+    ev = cfg.evaluation
+    benchmarks = benchmark_list(ev)
+    check_benchmarks(benchmarks)
+    eval_cfg = cfg.copy()
+    with open_dict(eval_cfg):
+        eval_cfg.model.text_only = False  # a text-only run is evaluated with its vision tower back
+        eval_cfg.adapter = str(adapter_dir) if adapter_dir else None
+        eval_cfg.merge_adapter = True
+    batch_size, progress = int(ev.get("batch_size") or 16), bool(ev.get("progress", True))
+    metrics: dict[str, float] = {}
+    trained = Embedder(build_embedder(eval_cfg, trainable=False)).eval()
+    if ev.get("modality_gap"):
+        metrics.update(_modality_gap(cfg, trained, out_dir, batch_size, progress, logger))
+    results = evaluate_suite(
+        trained, benchmarks, out_dir, batch_size=batch_size, model=str(cfg.model.name_or_path),
+        adapter=str(adapter_dir) if adapter_dir else None, progress=progress,
+        extra={"suite": ev.get("suite"), "trained_in": str(out_dir.parent)},
+    )
+    for name, entry in results["benchmarks"].items():
+        metrics.update({f"eval/{name}/{k}": float(v) for k, v in entry["metrics"].items()})
+    return {"metrics": metrics, "results": str(out_dir / "results.json")}
+
+
+def _modality_gap(cfg: DictConfig, trained, out_dir: Path, batch_size: int, progress: bool, logger) -> dict:
+    """PCA picture + numbers of the image/text embeddings of held-out pairs, base model vs trained."""
+    from mmembed.data.benchmarks.captions import read_caption_config
+    from mmembed.evaluation.modality_gap import gap_stats, pair_embeddings, plot_modality_gap
+    from mmembed.inference import Embedder
+
+    gap_cfg = OmegaConf.to_container(cfg.evaluation.modality_gap, resolve=True)
+    bench = read_caption_config(gap_cfg)
+    limit = gap_cfg.get("max_pairs")
+    base_cfg = cfg.copy()
+    with open_dict(base_cfg):
+        base_cfg.model.text_only, base_cfg.adapter = False, None
+    base = Embedder(build_embedder(base_cfg, trainable=False)).eval()
+    panels = {"before training": pair_embeddings(base, bench, batch_size, limit, progress)}
+    del base
+    gc.collect()
+    panels["after training"] = pair_embeddings(trained, bench, batch_size, limit, progress)
+    figure = plot_modality_gap(panels, out_dir / "modality_gap.png")
+    metrics = {}
+    for when, (image, text) in panels.items():
+        for key, value in gap_stats(image, text).items():
+            metrics[f"gap/{key}_{when.split()[0]}"] = value
+    (out_dir / "modality_gap.json").write_text(json.dumps(metrics, indent=2))
+    if logger is not None and hasattr(getattr(logger, "experiment", None), "add_figure"):
+        logger.experiment.add_figure("modality_gap", figure, global_step=0)
+    return metrics
 
 
 def _flat_hparams(cfg: DictConfig) -> dict:

@@ -148,6 +148,22 @@ def test_embedding_does_not_depend_on_batch_mates(left):
     assert_rows_match(batched, alone)
 
 
+def test_chunk_of_a_padded_batch_is_trimmed_and_embeds_the_same(left):
+    """A GradCache chunk cut from a batch padded for a longer sentence loses its all-padding columns
+    (less compute) and gives the embeddings of the whole batch."""
+    from mmembed.models.embedder import trim_padding
+
+    texts = ["A dog.", "A cat sat.", "A very long sentence about many different things in a large city park."]
+    inputs = left.featurize_text(texts)
+    chunk = {k: v[:2] for k, v in inputs.items()}
+    trimmed = trim_padding(chunk)
+    assert trimmed["input_ids"].shape[1] < chunk["input_ids"].shape[1]
+    assert bool(trimmed["attention_mask"][:, 0].any()) and bool(trimmed["attention_mask"][:, -1].all())
+    with torch.no_grad():
+        assert_rows_match(left(**chunk), left(**inputs)[:2])
+    assert trim_padding(inputs)["input_ids"] is inputs["input_ids"]  # nothing to trim: untouched
+
+
 # ---- (d) no vocabulary logits ----
 
 

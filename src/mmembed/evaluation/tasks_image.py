@@ -6,7 +6,7 @@ from collections import Counter
 
 import torch
 
-from mmembed.data.benchmarks.captions import read_caption_csv, read_coco_captions, read_karpathy
+from mmembed.data.benchmarks.captions import read_caption_config
 from mmembed.data.benchmarks.zeroshot import read_zeroshot
 from mmembed.evaluation.common import chance_recall, floats, option, prompt_record, required
 from mmembed.evaluation.encode import encode_images, encode_rendered_texts, encode_texts
@@ -17,15 +17,7 @@ KS = (1, 5, 10)
 
 
 def read_caption_benchmark(cfg):
-    fmt, name, limit = required(cfg, "format"), cfg.get("name"), cfg.get("max_images")
-    if fmt == "caption_csv":
-        return read_caption_csv(required(cfg, "captions"), required(cfg, "images"), name or "captions", limit)
-    if fmt == "coco_json":
-        return read_coco_captions(required(cfg, "captions"), required(cfg, "images"), name or "coco", limit)
-    if fmt == "karpathy":
-        split = option(cfg, "split", "test")
-        return read_karpathy(required(cfg, "captions"), required(cfg, "images"), split, name, limit)
-    raise ValueError(f"unknown caption format {fmt!r}; expected caption_csv, coco_json or karpathy")
+    return read_caption_config(cfg)
 
 
 def run_retrieval(embedder, cfg, batch_size: int = 16, progress: bool = True) -> dict:

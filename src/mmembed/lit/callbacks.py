@@ -53,6 +53,38 @@ class AdapterSaver(L.Callback):
             self._save(pl_module, "last")
 
 
+class BaseModelSaver(L.Callback):
+    """At the end of training, writes the whole model (e.g. the base with its aligned projector) as a
+    `save_pretrained` folder with its processor, which `model.name_or_path` can then name.
+
+    The folder is written beside its final place and renamed, so a half-written model never exists
+    under `dirpath`; `provenance` (what it was trained on) is saved as `mmembed_provenance.json`.
+    """
+
+    def __init__(self, dirpath: str, provenance: dict | None = None):
+        self.dirpath = Path(dirpath)
+        self.provenance = provenance or {}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        import shutil
+
+        backbone = pl_module.embedder.backbone
+        self.dirpath.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.dirpath.with_name(f".{self.dirpath.name}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        backbone.model.save_pretrained(str(tmp))
+        backbone.processor.save_pretrained(str(tmp))
+        record = {**self.provenance, "global_step": trainer.global_step,
+                  "final_train_loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
+        (tmp / "mmembed_provenance.json").write_text(json.dumps(record, indent=2, default=str))
+        if self.dirpath.exists():
+            shutil.rmtree(self.dirpath)
+        os.replace(tmp, self.dirpath)
+
+
 class CostMonitor(L.Callback):
     """Seconds per step, samples/s and memory, logged as perf/* and written to `cost.json`."""
 

@@ -73,6 +73,13 @@ class EmbeddingLitModule(L.LightningModule):
         """One tokenised batch (or chunk) -> [n, D] L2-normalised embeddings."""
         return self.embedder(**inputs)
 
+    @staticmethod
+    def input_groups(batch: dict) -> list[dict]:
+        """A batch's model inputs as a list of groups: one tokenised batch (text pairs), or several
+        of different kinds (image-text: [captions, images]), embedded separately and concatenated."""
+        inputs = batch["inputs"]
+        return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+
     def contrastive_loss(self, embeddings: torch.Tensor, batch: dict):
         """InfoNCE over [anchors; positives; hard negatives], candidates gathered from every rank."""
         groups = embeddings.split(batch["batch_size"])
@@ -82,7 +89,8 @@ class EmbeddingLitModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         if self.automatic_optimization:
-            out = self.contrastive_loss(self.embed(batch["inputs"]), batch)
+            embeddings = torch.cat([self.embed(group) for group in self.input_groups(batch)])
+            out = self.contrastive_loss(embeddings, batch)
             self._check_and_log(out.loss, out.num_negatives, batch)
             return out.loss
         return self._grad_cache_training_step(batch, batch_idx)
@@ -98,8 +106,8 @@ class EmbeddingLitModule(L.LightningModule):
         block_sync = getattr(strategy, "block_backward_sync", None)  # DDP: all-reduce once per window
         info = {}
 
-        def loss_fn(embeddings: torch.Tensor) -> torch.Tensor:
-            out = self.contrastive_loss(embeddings, batch)
+        def loss_fn(*group_embeddings: torch.Tensor) -> torch.Tensor:
+            out = self.contrastive_loss(torch.cat(group_embeddings), batch)
             info["loss"], info["num_negatives"] = out.loss.detach(), out.num_negatives
             # Like Lightning's automatic accumulation: each micro-batch contributes loss / accumulate.
             return out.loss / accumulate
@@ -108,7 +116,7 @@ class EmbeddingLitModule(L.LightningModule):
         with outer:
             grad_cache_step(
                 self.embed,
-                [batch["inputs"]],
+                self.input_groups(batch),
                 loss_fn,
                 int(self.chunk_size),
                 backward_fn=self.manual_backward,
@@ -127,7 +135,7 @@ class EmbeddingLitModule(L.LightningModule):
             if scheduler is not None:
                 scheduler.step()
 
-    def _check_and_log(self, loss: torch.Tensor, num_negatives: int, batch: dict) -> None:
+    def _check_and_log(self, loss: torch.Tensor, num_negatives: int | None, batch: dict) -> None:
         # Every rank takes the same decision, so one rank's NaN stops all of them (no hang).
         finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
         if not finite:
@@ -138,8 +146,8 @@ class EmbeddingLitModule(L.LightningModule):
         size = int(batch["batch_size"])
         # The mean over ranks of the local losses is the loss of the concatenated (global) batch.
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=size, sync_dist=True)
-        # Global candidates - 1: the negatives each query really competes against.
-        self.log("train/num_negatives", float(num_negatives), batch_size=size)
+        if num_negatives is not None:  # Global candidates - 1: the negatives each query really competes against.
+            self.log("train/num_negatives", float(num_negatives), batch_size=size)
 
     # ---- validation: STS Spearman of cosine similarities ----
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -93,6 +93,8 @@ def load_backbone(
         raise BackboneLoadError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
     source = resolve_name_or_path(str(name_or_path), cache_dir)
     local = Path(source).expanduser()
+    if not local.exists() and (local.is_absolute() or source.startswith((".", "~"))):
+        raise BackboneLoadError(f"model folder {local} does not exist")
     if local.exists() and not local.is_dir():
         raise BackboneLoadError(f"model.name_or_path={source!r} is a file; pass the model's folder")
     if local.is_dir() and not (local / "config.json").is_file():
@@ -220,6 +222,30 @@ _VISION_ATTRS = ("vision_tower", "multi_modal_projector", "visual", "vision_mode
 def vision_modules(model: nn.Module) -> dict[str, nn.Module]:
     body = unwrap(model).model
     return {name: getattr(body, name) for name in _VISION_ATTRS if isinstance(getattr(body, name, None), nn.Module)}
+
+
+# The vision-to-language projector, per family: LLaVA / LLaVA-NeXT / SmolLlava, Idefics3, Qwen2-VL.
+_PROJECTOR_PATHS = ("multi_modal_projector", "connector", "visual.merger")
+
+
+def projector_module(model: nn.Module) -> nn.Module:
+    """The module mapping vision features into the LLM's embedding space (what alignment trains)."""
+    body = unwrap(model).model
+    for path in _PROJECTOR_PATHS:
+        module = body
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise ValueError(f"{type(unwrap(model)).__name__} has no vision projector (looked for {_PROJECTOR_PATHS})")
+
+
+def train_projector_only(model: nn.Module) -> int:
+    """Freeze everything but the projector; returns the number of trainable parameters."""
+    model.requires_grad_(False)
+    projector = projector_module(model)
+    projector.requires_grad_(True)
+    return sum(p.numel() for p in projector.parameters())
 
 
 def drop_vision(model: nn.Module) -> list[str]:

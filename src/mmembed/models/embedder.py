@@ -56,7 +56,7 @@ class MLLMEmbedder(nn.Module):
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         """Model inputs (from `featurize_*`) -> [B, D] L2-normalised embeddings."""
         device = self.device
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        inputs = trim_padding({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
         hidden = self.backbone.body(**inputs, use_cache=False).last_hidden_state
         return F.normalize(last_token_pool(hidden, inputs["attention_mask"]).float(), dim=-1)
 
@@ -73,3 +73,20 @@ class MLLMEmbedder(nn.Module):
         self, images: Sequence, texts: Sequence[str], kind: str = "cir_query", category: str | None = None
     ) -> torch.Tensor:
         return self(**self.featurize_images(images, texts, kind=kind, category=category))
+
+
+def trim_padding(inputs: dict) -> dict:
+    """Drop the sequence columns that are padding in every row (e.g. a GradCache chunk cut from a
+    batch padded to a longer sentence elsewhere). RoPE attention depends on relative positions only, so
+    the embeddings are unchanged; the compute and activation memory of those columns are saved."""
+    mask = inputs.get("attention_mask")
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        return inputs
+    used = mask.bool().any(dim=0).nonzero()
+    if used.numel() == 0 or (int(used[0]) == 0 and int(used[-1]) == mask.shape[1] - 1):
+        return inputs
+    first, last = int(used[0]), int(used[-1]) + 1
+    return {
+        k: v[:, first:last] if isinstance(v, torch.Tensor) and v.shape[:2] == mask.shape else v
+        for k, v in inputs.items()
+    }

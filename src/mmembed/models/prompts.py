@@ -85,16 +85,21 @@ class PromptRenderer:
             if category is None:
                 raise ValueError(f"the {kind!r} prompt needs a category")
             body = body.replace(CATEGORY, category)
+        return self.user_turn(body, what=f"{kind!r} prompts") + self.config.suffix
+
+    def user_turn(self, body: str, what: str = "this prompt") -> str:
+        """`body` (with <image> placeholders) as the model sees it: the model's image token, wrapped
+        as a user turn of the chat template (when used), ending where the assistant's answer begins."""
         if IMAGE in body:
             if self.image_token is None:
-                raise ValueError(f"this model has no image token; it cannot render {kind!r} prompts")
+                raise ValueError(f"this model has no image token; it cannot render {what}")
             body = body.replace(IMAGE, self.image_token)
         if self.use_chat:
             messages = [{"role": "user", "content": body}]
             if self.config.system is not None:
                 messages.insert(0, {"role": "system", "content": self.config.system})
             body = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return body + self.config.suffix
+        return body
 
     def render_many(
         self, kind: str, texts: Sequence[str | None] | None = None, n: int | None = None, category: str | None = None

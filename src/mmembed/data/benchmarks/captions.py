@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,18 @@ class CaptionBenchmark:
             dict(self.meta),
         )
 
+    def image_range(self, start: int | None, stop: int | None) -> CaptionBenchmark:
+        """The images at positions [start, stop) of the *file-name-sorted* image list, and their captions.
+
+        A fixed, order-independent split: Flickr8k's 1000 local images sorted by name give
+        [0, 800) for training and [800, 1000) for testing, whatever order the caption file lists them in.
+        """
+        ordered = sorted(range(len(self.images)), key=lambda i: self.image_ids[i])
+        keep = sorted(ordered[slice(start, stop)])
+        out = self.subset(keep)
+        out.meta["image_range"] = [start, stop]
+        return out
+
 
 def _check_images(name: str, image_dir: Path, images: list[Path], layout: str) -> None:
     missing = [p for p in images if not p.is_file()]
@@ -74,15 +87,20 @@ def _limit(images: list[str], captions: list[tuple[str, str]], max_images: int |
     return images[:max_images], [(img, cap) for img, cap in captions if img in keep]
 
 
-def _build(name, image_dir, ordered, captions, meta, layout) -> CaptionBenchmark:
+def _build(name, image_dir, ordered, captions, meta, layout, check_images: bool = True) -> CaptionBenchmark:
     index = {img: i for i, img in enumerate(ordered)}
     paths = [Path(image_dir) / img for img in ordered]
-    _check_images(name, Path(image_dir), paths, layout)
+    if check_images:  # training readers leave missing files to the image loader's on_error policy
+        _check_images(name, Path(image_dir), paths, layout)
     return CaptionBenchmark(name, paths, list(ordered), [c for _, c in captions], [index[i] for i, _ in captions], meta)
 
 
 def read_coco_captions(
-    captions_json: str | Path, image_dir: str | Path, name: str = "coco", max_images: int | None = None
+    captions_json: str | Path,
+    image_dir: str | Path,
+    name: str = "coco",
+    max_images: int | None = None,
+    check_images: bool = True,
 ) -> CaptionBenchmark:
     """COCO `captions_*.json` (images + annotations), images in `image_dir` by `file_name`."""
     captions_json = Path(captions_json)
@@ -96,7 +114,7 @@ def read_coco_captions(
     captions = [(file_of[a["image_id"]], a["caption"].strip()) for a in data["annotations"] if a["image_id"] in file_of]
     ordered, captions = _limit(ordered, captions, max_images)
     meta = {"format": "coco_json", "captions_file": str(captions_json), "image_dir": str(image_dir)}
-    return _build(name, image_dir, ordered, captions, meta, COCO_LAYOUT)
+    return _build(name, image_dir, ordered, captions, meta, COCO_LAYOUT, check_images)
 
 
 def read_karpathy(
@@ -105,6 +123,7 @@ def read_karpathy(
     split: str = "test",
     name: str | None = None,
     max_images: int | None = None,
+    check_images: bool = True,
 ) -> CaptionBenchmark:
     """Karpathy split file (`dataset_coco.json`: 5k test; `dataset_flickr30k.json`: 1k test), `raw` captions."""
     karpathy_json = Path(karpathy_json)
@@ -126,11 +145,15 @@ def read_karpathy(
         raise ValueError(f"{karpathy_json}: no images in split {split!r}; splits present: {splits}")
     ordered, captions = _limit(ordered, captions, max_images)
     meta = {"format": "karpathy", "captions_file": str(karpathy_json), "image_dir": str(image_root), "split": split}
-    return _build(name, image_root, ordered, captions, meta, KARPATHY_LAYOUT)
+    return _build(name, image_root, ordered, captions, meta, KARPATHY_LAYOUT, check_images)
 
 
 def read_caption_csv(
-    captions_csv: str | Path, image_dir: str | Path, name: str = "flickr8k", max_images: int | None = None
+    captions_csv: str | Path,
+    image_dir: str | Path,
+    name: str = "flickr8k",
+    max_images: int | None = None,
+    check_images: bool = True,
 ) -> CaptionBenchmark:
     """Flickr8k-style CSV (`image,caption` header; captions with commas are quoted)."""
     captions_csv = Path(captions_csv)
@@ -151,4 +174,34 @@ def read_caption_csv(
         captions.append((img, caption))
     ordered, captions = _limit(ordered, captions, max_images)
     meta = {"format": "caption_csv", "captions_file": str(captions_csv), "image_dir": str(image_dir)}
-    return _build(name, image_dir, ordered, captions, meta, CSV_LAYOUT)
+    return _build(name, image_dir, ordered, captions, meta, CSV_LAYOUT, check_images)
+
+
+CAPTION_FORMATS = ("caption_csv", "coco_json", "karpathy")
+
+
+def read_caption_config(cfg: Mapping, check_images: bool = True) -> CaptionBenchmark:
+    """A caption file from its config mapping: `format` (caption_csv / coco_json / karpathy),
+    `captions`, `images`, optional `name`, `max_images`, `split` (karpathy) and `image_range: [start, stop]`,
+    which keeps that slice of the name-sorted images (e.g. Flickr8k's held-out [800, 1000))."""
+    fmt, name, limit = cfg.get("format"), cfg.get("name"), cfg.get("max_images")
+    if fmt not in CAPTION_FORMATS:
+        raise ValueError(f"{name or 'captions'}: unknown caption format {fmt!r}; expected one of {CAPTION_FORMATS}")
+    missing = [key for key in ("captions", "images") if not cfg.get(key)]
+    if missing:
+        raise ValueError(f"{name or fmt}: missing setting(s) {missing}")
+    captions, images = cfg["captions"], cfg["images"]
+    if fmt == "caption_csv":
+        bench = read_caption_csv(captions, images, name or "captions", limit, check_images)
+    elif fmt == "coco_json":
+        bench = read_coco_captions(captions, images, name or "coco", limit, check_images)
+    else:
+        bench = read_karpathy(captions, images, cfg.get("split") or "test", name, limit, check_images)
+    image_range = cfg.get("image_range")
+    if image_range is not None:
+        if len(image_range) != 2:
+            raise ValueError(f"{bench.name}: image_range must be [start, stop], got {list(image_range)}")
+        bench = bench.image_range(*image_range)
+        if not bench.images:
+            raise ValueError(f"{bench.name}: image_range {list(image_range)} selects no image")
+    return bench

@@ -1,0 +1,197 @@
+"""Text-only vs image-text: one markdown table and one PNG from a modality-ablation sweep folder.
+
+    python src/train.py -m hparams_search=modality_ablation          # writes logs/modality_ablation/multiruns/<time>/
+    python experiments/modality_ablation.py logs/modality_ablation/multiruns/<time> \
+        [--base logs/eval/runs/<aligned base eval>/results.json] [--out experiments/results/modality_ablation]
+
+Each job folder holds `.hydra/overrides.yaml` (which arm, which seed) and `train_summary.json` (cost
+measurements, and the evaluation numbers of `evaluation=local_heldout`). The table gives, per
+benchmark and arm, the mean and sample standard deviation over seeds plus each seed's value; the cost
+table gives seconds per step, samples/s, peak memory, the vision tower's presence and the training
+wall time, with the text-only / image-text ratio. The plot shows one panel per benchmark: a bar per
+arm (mean), an error bar (min to max over seeds) and a dot per seed. `--base` adds the untrained
+aligned base as a reference row / dashed line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+ARMS = ("text_only", "image_text")
+# (metric key in the evaluation metrics, label)
+BENCHMARKS = [
+    ("eval/sts12/spearman", "STS12"),
+    ("eval/stsb/spearman", "STS-B test"),
+    ("eval/sickr/spearman", "SICK-R test"),
+    ("eval/flickr8k_test/t2i_R@1", "F8k-test t2i R@1"),
+    ("eval/flickr8k_test/t2i_R@10", "F8k-test t2i R@10"),
+    ("eval/flickr8k_test/i2t_R@1", "F8k-test i2t R@1"),
+    ("eval/flickr8k_test/i2t_R@10", "F8k-test i2t R@10"),
+    ("eval/cirr_local/R@1", "CIRR-12 R@1"),
+    ("eval/cirr_local/Rsubset@1", "CIRR-12 Rs@1"),
+    ("eval/imagenet1k/acc@1", "IN-1k acc@1"),
+    ("eval/imagenet1k/acc@5", "IN-1k acc@5"),
+    ("gap/centroid_distance_after", "modality gap (centroid distance)"),
+    ("gap/matched_cosine_after", "matched image-caption cosine"),
+]
+STS = ("eval/sts12/spearman", "eval/stsb/spearman", "eval/sickr/spearman")
+COST = [
+    ("sec_per_step", "s / step", "{:.2f}"),
+    ("samples_per_sec", "samples / s", "{:.2f}"),
+    ("peak_rss_during_training_mb", "peak RSS in training (MB)", "{:.0f}"),
+    ("steps", "steps", "{:.0f}"),
+    ("train_wall_s", "run wall time: model load + training (s)", "{:.0f}"),
+    ("vision_tower_in_memory", "vision tower in memory", "{}"),
+]
+
+
+def read_overrides(job: Path) -> dict[str, str]:
+    lines = (job / ".hydra" / "overrides.yaml").read_text().splitlines()
+    pairs = [line.lstrip("- ").strip().strip("'\"") for line in lines if "=" in line]
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def read_jobs(sweep: Path) -> list[dict]:
+    """One record per finished job: arm, seed, metrics (evaluation + STS average) and cost."""
+    jobs = []
+    for summary_file in sorted(sweep.glob("*/train_summary.json")):
+        job = summary_file.parent
+        summary = json.loads(summary_file.read_text())
+        overrides = read_overrides(job)
+        metrics = dict((summary.get("evaluation") or {}).get("metrics") or {})
+        if all(k in metrics for k in STS):
+            metrics["sts_avg"] = sum(metrics[k] for k in STS) / len(STS)
+        cost = dict(summary.get("cost") or {})
+        cost["train_wall_s"] = summary.get("train_wall_s", summary.get("wall_time_s"))
+        jobs.append({"job": job.name, "arm": overrides.get("experiment"), "seed": overrides.get("seed"),
+                     "metrics": metrics, "cost": cost})
+    if not jobs:
+        raise SystemExit(f"no finished job (*/train_summary.json) under {sweep}")
+    return jobs
+
+
+def _values(jobs: list[dict], arm: str, key: str, section: str = "metrics") -> list[float]:
+    return [j[section][key] for j in jobs if j["arm"] == arm and j[section].get(key) is not None]
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.2f} ± {sd:.2f}"
+
+
+def build_table(jobs: list[dict], base: dict | None = None) -> str:
+    arms = [a for a in ARMS if any(j["arm"] == a for j in jobs)]
+    seeds = {a: [j["seed"] for j in jobs if j["arm"] == a] for a in arms}
+    header = ["benchmark"] + ([f"aligned base (no training)"] if base else []) + [
+        f"{a} (mean ± sd, seeds {', '.join(seeds[a])})" for a in arms] + [f"{a} per seed" for a in arms]
+    if set(arms) == set(ARMS):
+        header.append("text_only - image_text")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = BENCHMARKS[:3] + [("sts_avg", "STS average")] + BENCHMARKS[3:]
+    for key, name in rows:
+        cells = [name]
+        if base:
+            cells.append(f"{base[key]:.2f}" if base.get(key) is not None else "-")
+        cells += [_mean_sd(_values(jobs, a, key)) for a in arms]
+        cells += [", ".join(f"{v:.2f}" for v in _values(jobs, a, key)) or "-" for a in arms]
+        if set(arms) == set(ARMS):
+            t, i = _values(jobs, "text_only", key), _values(jobs, "image_text", key)
+            cells.append(f"{statistics.fmean(t) - statistics.fmean(i):+.2f}" if t and i else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def build_cost_table(jobs: list[dict]) -> str:
+    arms = [a for a in ARMS if any(j["arm"] == a for j in jobs)]
+    header = ["cost (mean over seeds)"] + list(arms) + (["ratio text_only / image_text"] if set(arms) == set(ARMS) else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, name, fmt in COST:
+        per_arm = {a: _values(jobs, a, key, "cost") for a in arms}
+        cells = [name]
+        for a in arms:
+            vals = per_arm[a]
+            if not vals:
+                cells.append("-")
+            elif isinstance(vals[0], bool):
+                cells.append(", ".join(sorted({str(v) for v in vals})))
+            else:
+                cells.append(fmt.format(statistics.fmean(vals)))
+        if len(header) > len(arms) + 1:
+            t, i = per_arm.get("text_only"), per_arm.get("image_text")
+            numeric = t and i and not isinstance(t[0], bool)
+            cells.append(f"{statistics.fmean(t) / statistics.fmean(i):.3f}" if numeric else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(jobs: list[dict], path: Path, base: dict | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [a for a in ARMS if any(j["arm"] == a for j in jobs)]
+    rows = [("sts_avg", "STS average")] + BENCHMARKS
+    cols = 4
+    fig, axes = plt.subplots((len(rows) + cols - 1) // cols, cols, figsize=(4 * cols, 3.2 * ((len(rows) + cols - 1) // cols)))
+    colors = {"text_only": "tab:blue", "image_text": "tab:orange"}
+    for ax, (key, name) in zip(axes.flat, rows):
+        for x, arm in enumerate(arms):
+            vals = _values(jobs, arm, key)
+            if not vals:
+                continue
+            mean = statistics.fmean(vals)
+            ax.bar(x, mean, color=colors[arm], alpha=0.7, label=arm)
+            ax.errorbar(x, mean, yerr=[[mean - min(vals)], [max(vals) - mean]], color="k", capsize=4)
+            ax.scatter([x] * len(vals), vals, color="k", s=10, zorder=3)
+        if base and base.get(key) is not None:
+            ax.axhline(base[key], color="0.4", ls="--", lw=1, label="aligned base")
+        ax.set_xticks(range(len(arms)), arms, fontsize=8)
+        ax.set_title(name, fontsize=9)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower right", fontsize=9)
+    fig.suptitle("Modality ablation: mean over seeds, min-max bars, one dot per seed", fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def base_metrics(results_file: Path) -> dict:
+    """An evaluation run's results.json as the flat `eval/<benchmark>/<metric>` keys of the table."""
+    results = json.loads(results_file.read_text())
+    out = {f"eval/{name}/{k}": v for name, entry in results["benchmarks"].items() for k, v in entry["metrics"].items()}
+    if all(k in out for k in STS):
+        out["sts_avg"] = sum(out[k] for k in STS) / len(STS)
+    gap = results_file.parent / "modality_gap.json"
+    if gap.is_file():
+        out.update({k.replace("_before", "_after"): v for k, v in json.loads(gap.read_text()).items() if k.endswith("_before")})
+    return out
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", type=Path, help="the multirun folder (holding one folder per job)")
+    parser.add_argument("--base", type=Path, help="results.json of the untrained aligned base, as a reference")
+    parser.add_argument("--out", type=Path, help="write <out>.md and <out>.png")
+    args = parser.parse_args(argv)
+    jobs = read_jobs(args.sweep)
+    base = base_metrics(args.base) if args.base else None
+    text = (f"Sweep: `{args.sweep}` ({len(jobs)} jobs)\n\n" + build_table(jobs, base) + "\n" + build_cost_table(jobs))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".md").write_text(text)
+        plot(jobs, args.out.with_suffix(".png"), base)
+    print(text, end="")
+    return text
+
+
+if __name__ == "__main__":
+    main()

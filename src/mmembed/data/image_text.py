@@ -1,0 +1,210 @@
+"""Image-caption pairs for training: readers for four layouts, and the two batch collators.
+
+Sources (each a mapping in `data.sources`, several are concatenated):
+- `format: coco_json`   COCO `captions_*.json` + image folder (`captions`, `images`);
+- `format: caption_csv` Flickr-style `image,caption` CSV + image folder (`captions`, `images`);
+- `format: karpathy`    Karpathy `dataset_*.json` (`captions`, `images`, `split`);
+- `format: pairs`       a generic `.jsonl` / `.csv` / `.tsv` with `image` and `text` columns (`file`,
+                        optional `images` root; relative image paths are resolved against it, default:
+                        the file's folder);
+- `format: imagefolder` the `datasets` ImageFolder layout: `<root>/metadata.jsonl` (or `.csv`) with a
+                        `file_name` column and a text column (`text_column`, default `text`); the same
+                        folder loads with `datasets.load_dataset("imagefolder", data_dir=root)`.
+Every source takes `image_range: [start, stop]` (a slice of its name-sorted images, the fixed
+train/test split), and `max_images`.
+
+Images are *not* opened here: the collators open them with `load_image` under `data.on_error`, so a
+missing or corrupt image is skipped and counted (or raises with its path) when its batch is built.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmembed.data.benchmarks.captions import CAPTION_FORMATS, read_caption_config
+from mmembed.data.images import DEFAULT_MAX_PIXELS, load_image
+from mmembed.errors import DataConfigError, SkipCounter, check_on_error
+
+log = logging.getLogger(__name__)
+
+PAIR_FORMATS = (*CAPTION_FORMATS, "pairs", "imagefolder")
+
+
+@dataclass(frozen=True)
+class ImageTextPair:
+    image: str  # path of the image file
+    text: str
+    source: str  # the source's name, for counts and error messages
+
+
+def read_image_text_sources(sources: Sequence[Mapping]) -> list[ImageTextPair]:
+    """All pairs of every configured source, in source order then file order."""
+    if not sources:
+        raise DataConfigError("data.sources is empty: name at least one image-caption source")
+    pairs: list[ImageTextPair] = []
+    for i, source in enumerate(sources):
+        read = read_image_text_source(source)
+        log.info("image-text source %s: %d pairs", source.get("name") or f"#{i}", len(read))
+        pairs.extend(read)
+    return pairs
+
+
+def read_image_text_source(source: Mapping) -> list[ImageTextPair]:
+    fmt = source.get("format")
+    name = source.get("name") or str(fmt)
+    if fmt in CAPTION_FORMATS:
+        bench = read_caption_config(dict(source, name=name), check_images=False)
+        return [ImageTextPair(str(bench.images[i]), text, name) for text, i in zip(bench.captions, bench.caption_image)]
+    if fmt == "pairs":
+        rows, root = _read_pairs_file(_required(source, "file", name), source.get("images"))
+        image_col, text_col = source.get("image_column", "image"), source.get("text_column", "text")
+    elif fmt == "imagefolder":
+        root = Path(_required(source, "root", name))
+        rows = _read_imagefolder_metadata(root)
+        image_col, text_col = "file_name", source.get("text_column", "text")
+    else:
+        raise DataConfigError(f"data source {name!r}: format={fmt!r}; expected one of {PAIR_FORMATS}")
+    if rows and (image_col not in rows[0] or text_col not in rows[0]):
+        raise DataConfigError(
+            f"data source {name!r}: needs columns {image_col!r} and {text_col!r}, found {sorted(rows[0])}"
+        )
+    pairs = [
+        ImageTextPair(str(root / str(r[image_col])), str(r[text_col]).strip(), name)
+        for r in rows
+        if r.get(image_col) and isinstance(r.get(text_col), str) and r[text_col].strip()
+    ]
+    return _select_images(pairs, source.get("image_range"), source.get("max_images"), name)
+
+
+def _required(source: Mapping, key: str, name: str):
+    if not source.get(key):
+        raise DataConfigError(f"data source {name!r} ({source.get('format')}) needs `{key}`")
+    return source[key]
+
+
+def _read_pairs_file(file: str, images: str | None) -> tuple[list[dict], Path]:
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise DataConfigError(f"image-text pairs file {path} not found")
+    root = Path(images).expanduser() if images else path.parent
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    elif path.suffix in (".csv", ".tsv"):
+        with path.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+    else:
+        raise DataConfigError(f"{path}: expected a .jsonl, .csv or .tsv file of image,text rows")
+    return rows, root
+
+
+def _read_imagefolder_metadata(root: Path) -> list[dict]:
+    for name in ("metadata.jsonl", "metadata.csv"):
+        if (root / name).is_file():
+            return _read_pairs_file(str(root / name), str(root))[0]
+    raise DataConfigError(f"{root} has no metadata.jsonl or metadata.csv (the datasets ImageFolder layout)")
+
+
+def _select_images(pairs: list[ImageTextPair], image_range, max_images: int | None, name: str) -> list[ImageTextPair]:
+    """Keep pairs whose image lies in [start, stop) of the name-sorted images (then the first max_images)."""
+    images = sorted({p.image for p in pairs}, key=lambda path: Path(path).name)
+    keep = images[slice(*image_range)] if image_range is not None else images
+    if max_images is not None:
+        keep = keep[:max_images]
+    if image_range is not None and not keep:
+        raise DataConfigError(f"data source {name!r}: image_range {list(image_range)} selects no image")
+    keep_set = set(keep)
+    return [p for p in pairs if p.image in keep_set]
+
+
+class _ImageOpener:
+    """Opens a batch's images under the on_error policy; returns the rows whose image opened.
+
+    Skips are reported per batch (`batch["skipped"]`, summed by `DataQualityMonitor`): with DataLoader
+    workers a shared counter would live in another process.
+    """
+
+    def __init__(self, on_error: str, max_pixels: int | None):
+        self.on_error, self.max_pixels = check_on_error(on_error), max_pixels
+
+    def open(self, rows: Sequence[Mapping]) -> tuple[list, list[Mapping], int]:
+        images, kept, skips = [], [], SkipCounter()
+        for row in rows:
+            image = load_image(row["image"], on_error=self.on_error, max_pixels=self.max_pixels, skips=skips)
+            if image is not None:
+                images.append(image)
+                kept.append(row)
+        if not kept:
+            raise DataConfigError(f"no image of this batch could be read ({len(rows)} rows); see the warnings above")
+        return images, kept, skips.count
+
+    def truncation(self, texts: Sequence[str]) -> tuple[list[str], int]:
+        cut = self.truncate(list(texts))
+        return cut, sum(a != b for a, b in zip(texts, cut))
+
+
+class ImageTextCollator(_ImageOpener):
+    """Rows {image, text} -> a contrastive batch: captions (queries) and images (candidates).
+
+    `inputs` is a list of two input groups, [captions; images], embedded separately (they are
+    different kinds of model input) and concatenated for the loss. A second caption of an image
+    already in the batch is dropped: the image would otherwise count as its own negative.
+    """
+
+    def __init__(
+        self,
+        featurize_text: Callable,
+        featurize_images: Callable,
+        truncate: Callable[[Sequence[str]], list[str]],
+        on_error: str = "skip",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
+        super().__init__(on_error, max_pixels)
+        self.featurize_text, self.featurize_images, self.truncate = featurize_text, featurize_images, truncate
+
+    def __call__(self, rows: Sequence[Mapping]) -> dict:
+        seen, unique = set(), []
+        for row in rows:
+            key = str(row["image"]) if isinstance(row["image"], (str, os.PathLike)) else id(row["image"])
+            if key not in seen:
+                seen.add(key)
+                unique.append(row)
+        images, kept, skipped = self.open(unique)
+        texts, truncated = self.truncation([r["text"] for r in kept])
+        return {
+            "inputs": [self.featurize_text(texts), self.featurize_images(images)],
+            "batch_size": len(kept),
+            "skipped": skipped,
+            "truncated": truncated,
+        }
+
+
+class CaptionCollator(_ImageOpener):
+    """Rows {image, text} -> a captioning batch (`featurize(images, captions)` builds inputs + labels)."""
+
+    def __init__(
+        self,
+        featurize: Callable,
+        truncate: Callable[[Sequence[str]], list[str]],
+        on_error: str = "skip",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
+        super().__init__(on_error, max_pixels)
+        self.featurize, self.truncate = featurize, truncate
+
+    def __call__(self, rows: Sequence[Mapping]) -> dict:
+        images, kept, skipped = self.open(rows)
+        texts, truncated = self.truncation([r["text"] for r in kept])
+        inputs = self.featurize(images, texts)
+        return {"inputs": inputs, "batch_size": len(kept), "skipped": skipped, "truncated": truncated}
+
+
+def pairs_as_rows(pairs: Sequence[ImageTextPair]) -> list[dict]:
+    return [{"image": p.image, "text": p.text} for p in pairs]
+

@@ -1,0 +1,76 @@
+"""The modality-gap numbers and PCA against hand computation, and the ablation table script."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import numpy as np
+import torch
+
+from mmembed.evaluation.modality_gap import gap_stats, pca_2d, plot_modality_gap
+from tests.conftest import REPO
+
+
+def test_gap_stats_by_hand():
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    stats = gap_stats(image, text)
+    # centroids (0.5, 0.5) and (0, 0): distance sqrt(0.5)
+    assert math.isclose(stats["centroid_distance"], math.sqrt(0.5), rel_tol=1e-6)
+    assert math.isclose(stats["matched_cosine"], (1.0 + 0.0) / 2, abs_tol=1e-6)
+    assert math.isclose(stats["cross_cosine"], (1 + -1 + 0 + 0) / 4, abs_tol=1e-6)
+    # identical clouds: no gap, matched cosine 1
+    same = gap_stats(image, image)
+    assert same["centroid_distance"] < 1e-6 and math.isclose(same["matched_cosine"], 1.0, rel_tol=1e-6)
+
+
+def test_pca_matches_numpy_up_to_sign(tmp_path):
+    points = torch.randn(50, 6, generator=torch.Generator().manual_seed(0)) * torch.tensor([5.0, 3.0, 1.0, 0.5, 0.1, 0.1])
+    got = pca_2d(points).numpy()
+    centred = points.double().numpy() - points.double().numpy().mean(0)
+    eigval, eigvec = np.linalg.eigh(np.cov(centred.T))
+    expected = centred @ eigvec[:, ::-1][:, :2]
+    for k in range(2):
+        sign = np.sign(np.dot(got[:, k], expected[:, k]))
+        np.testing.assert_allclose(got[:, k], sign * expected[:, k], atol=1e-4)
+    plot_modality_gap({"before": (points, points + 1), "after": (points, points)}, tmp_path / "gap.png")
+    assert (tmp_path / "gap.png").stat().st_size > 10_000
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("modality_ablation", REPO / "experiments" / "modality_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_job(folder, arm, seed, stsb, r1, sec_per_step, vision):
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(f"- experiment={arm}\n- seed={seed}\n")
+    metrics = {"eval/sts12/spearman": 50.0, "eval/stsb/spearman": stsb, "eval/sickr/spearman": 60.0,
+               "eval/flickr8k_test/t2i_R@1": r1, "gap/centroid_distance_after": 0.5}
+    summary = {"wall_time_s": 100.0 * sec_per_step, "evaluation": {"metrics": metrics},
+               "cost": {"sec_per_step": sec_per_step, "samples_per_sec": 16 / sec_per_step, "steps": 40,
+                        "peak_rss_during_training_mb": 1000.0, "vision_tower_in_memory": vision}}
+    (folder / "train_summary.json").write_text(json.dumps(summary))
+
+
+def test_ablation_table_means_spreads_and_ratios(tmp_path):
+    sweep = tmp_path / "sweep"
+    _fake_job(sweep / "0", "text_only", 1, 70.0, 1.0, 8.0, False)
+    _fake_job(sweep / "1", "text_only", 2, 74.0, 3.0, 8.0, False)
+    _fake_job(sweep / "2", "image_text", 1, 60.0, 10.0, 10.0, True)
+    _fake_job(sweep / "3", "image_text", 2, 62.0, 12.0, 12.0, True)
+    text = _load_script().main([str(sweep), "--out", str(tmp_path / "out" / "ablation")])
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("|")}
+    # STS-B: text 72 ± sd(70, 74) = 2.83; image 61 ± 1.41; difference +11
+    assert "72.00 ± 2.83" in lines["STS-B test"] and "61.00 ± 1.41" in lines["STS-B test"]
+    assert "70.00, 74.00" in lines["STS-B test"] and lines["STS-B test"].endswith("+11.00 |")
+    # STS average of (50, 72, 60) and (50, 61, 60)
+    assert "60.67 ± " in lines["STS average"] and "57.00 ± " in lines["STS average"]
+    assert lines["s / step"].endswith("| 8.00 | 11.00 | 0.727 |")
+    assert "| False | True |" in lines["vision tower in memory"]
+    assert (tmp_path / "out" / "ablation.png").stat().st_size > 20_000
+    assert (tmp_path / "out" / "ablation.md").read_text() == text

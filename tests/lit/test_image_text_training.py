@@ -1,0 +1,182 @@
+"""Image-text contrastive training and projector alignment on the tiny SmolLlava.
+
+- the image-text batch ([captions], [images]) gives exactly `info_nce(captions, images)`, and
+  GradCache over the two groups gives the plain gradients;
+- the captioning loss equals the model's own `labels=` loss, and its gradient reaches the projector only;
+- `experiment=align` trains the projector alone and writes a loadable aligned model folder;
+- `experiment=image_text` trains LoRA with the vision tower in memory, frozen and in eval mode, then
+  (with an `evaluation` suite) evaluates, draws the modality gap and fills TensorBoard's HParams tab.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmembed.data.image_text import ImageTextCollator
+from mmembed.lit.module import EmbeddingLitModule
+from mmembed.losses import grad_cache_step, info_nce
+from mmembed.models.backbones import load_backbone, projector_module, vision_modules
+from mmembed.models.embedder import MLLMEmbedder
+from mmembed.models.lora import apply_lora
+from mmembed.pipeline import run_training
+from tests.lit.helpers import rel_diff
+from tests.pipeline.helpers import compose_train
+
+CAPTIONS = ["A dog runs in the snow.", "Two children play soccer.", "A red car on a street.", "A man plays guitar."]
+
+
+def _noise_images(n: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def _lora_embedder(model_dir) -> MLLMEmbedder:
+    backbone = load_backbone(str(model_dir))
+    torch.manual_seed(0)
+    backbone.model = apply_lora(backbone.model, r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for name, p in backbone.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    return MLLMEmbedder(backbone)
+
+
+def _grads(module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def test_image_text_batch_loss_and_gradcache_match_plain_infonce(tiny_smol_llava_dir):
+    embedder = _lora_embedder(tiny_smol_llava_dir)
+    module = EmbeddingLitModule(embedder, loss={"temperature": 0.05}, optim={"lr": 1e-3})
+    rows = [{"image": img, "text": t} for img, t in zip(_noise_images(4), CAPTIONS)]
+    batch = ImageTextCollator(embedder.featurize_text, embedder.featurize_images, truncate=list)(rows)
+    groups = module.input_groups(batch)
+    assert len(groups) == 2 and "pixel_values" in groups[1] and batch["batch_size"] == 4
+
+    out = module.contrastive_loss(torch.cat([module.embed(g) for g in groups]), batch)
+    with torch.no_grad():
+        text, image = embedder.encode_text(CAPTIONS), embedder.encode_image([r["image"] for r in rows])
+    assert out.num_negatives == 3
+    assert abs(out.loss.item() - info_nce(text, image, temperature=0.05).item()) < 1e-5
+    out.loss.backward()
+    plain = _grads(embedder)
+    assert plain and all("lora_" in n for n in plain)  # the vision tower and projector stay frozen
+
+    embedder.zero_grad(set_to_none=True)
+    loss = grad_cache_step(module.embed, groups, lambda *e: module.contrastive_loss(torch.cat(e), batch).loss, chunk_size=3)
+    assert abs(loss.item() - out.loss.item()) < 1e-5
+    assert rel_diff(_grads(embedder), plain) < 1e-5
+
+
+def test_caption_loss_equals_the_models_loss_and_trains_only_the_projector(tiny_smol_llava_dir):
+    from mmembed.lit.align_module import CaptionAlignLitModule
+    from mmembed.models.captioning import CaptionFeaturizer
+
+    backbone = load_backbone(str(tiny_smol_llava_dir))
+    backbone.model.requires_grad_(False)
+    projector_module(backbone.model).requires_grad_(True)
+    embedder = MLLMEmbedder(backbone)
+    module = CaptionAlignLitModule(embedder, loss={"name": "captioning"}, optim={"lr": 1e-3})
+    inputs = CaptionFeaturizer(backbone, embedder.renderer)(_noise_images(3), CAPTIONS[:3])
+
+    loss, supervised = module.caption_loss(inputs)
+    reference = backbone.model(**inputs).loss
+    assert abs(loss.item() - reference.item()) < 1e-5
+    assert supervised == int((inputs["labels"][:, 1:] != -100).sum())
+    loss.backward()
+    trained = {n for n, p in backbone.model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trained and all(n.startswith("model.multi_modal_projector.") for n in trained)
+
+
+def _tiny_overrides(model_dir, tmp_path) -> list[str]:
+    return [f"model.name_or_path={model_dir}", "trainer.max_steps=2", "data.batch_size=4", "data.val_limit=8",
+            "data.val_batch_size=8", f"paths.models_dir={tmp_path / 'models'}"]
+
+
+def test_align_trains_only_the_projector_and_writes_a_loadable_model(tiny_smol_llava_dir, tmp_path, data_root):
+    from safetensors.torch import load_file
+
+    cfg = compose_train(["experiment=align", *_tiny_overrides(tiny_smol_llava_dir, tmp_path)], tmp_path / "run")
+    summary = run_training(cfg)
+    assert summary["global_step"] == 2 and summary["cost"]["vision_tower_in_memory"] is True
+    assert np.isfinite(summary["metrics"]["train/loss"]) and summary["metrics"]["train/caption_tokens"] > 0
+
+    aligned = tmp_path / "models" / "smol_llava_aligned"
+    before, after = load_file(str(tiny_smol_llava_dir / "model.safetensors")), load_file(str(aligned / "model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("model.multi_modal_projector.") for k in changed)
+    provenance = json.loads((aligned / "mmembed_provenance.json").read_text())
+    assert provenance["global_step"] == 2 and provenance["sources"][0]["image_range"] == [0, 800]
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["state_dict"] and all("multi_modal_projector" in k for k in ckpt["state_dict"])
+    # `model=smol_llava_aligned` names the folder, and the backbone loads it with images enabled.
+    cfg = compose_train(["model=smol_llava_aligned", f"paths.models_dir={tmp_path / 'models'}"], tmp_path)
+    assert load_backbone(cfg.model.name_or_path).supports_images
+
+
+def test_missing_aligned_model_says_which_command_writes_it(tmp_path):
+    from mmembed.models.backbones import BackboneLoadError
+    from mmembed.pipeline import build_embedder
+
+    cfg = compose_train(["model=smol_llava_aligned", f"paths.models_dir={tmp_path}"], tmp_path)
+    try:
+        build_embedder(cfg)
+    except BackboneLoadError as err:
+        assert "does not exist" in str(err) and "experiment=align" in str(err)
+    else:
+        raise AssertionError("a missing aligned model folder must raise BackboneLoadError")
+
+
+def test_image_text_arm_trains_lora_then_evaluates_and_draws_the_gap(tiny_smol_llava_dir, tmp_path, data_root):
+    held_out = [f"evaluation.benchmarks.flickr8k_test.image_range=[800,808]", "evaluation.modality_gap.image_range=[800,808]"]
+    drop = [f"~evaluation.benchmarks.{name}" for name in ("sts12", "stsb", "sickr", "cirr_local", "imagenet1k")]
+    cfg = compose_train(
+        ["experiment=image_text", "eval@evaluation=local_heldout", "evaluation.progress=false",
+         *_tiny_overrides(tiny_smol_llava_dir, tmp_path), *held_out, *drop],
+        tmp_path,
+    )
+    summary = run_training(cfg)
+    assert summary["text_only"] is False and summary["cost"]["vision_tower_in_memory"] is True
+    assert 1 <= summary["metrics"]["train/num_negatives"] <= 3  # captions vs the batch's distinct images
+    adapter = json.loads((tmp_path / "adapters" / "last" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "LORA"
+
+    metrics = summary["evaluation"]["metrics"]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["benchmarks"]["flickr8k_test"]["protocol"]["images"] == 8
+    assert metrics["eval/flickr8k_test/t2i_R@10"] == 100.0  # 8 candidates: every caption's image is in the top 10
+    for when in ("before", "after"):
+        assert 0.0 <= metrics[f"gap/centroid_distance_{when}"] <= 2.0
+    assert (tmp_path / "eval" / "modality_gap.png").stat().st_size > 10_000
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert "eval/flickr8k_test/t2i_R@10" in events.Tags()["scalars"]
+    assert "modality_gap" in events.Tags()["images"]
+    # The HParams tab: one experiment whose metric columns include the evaluation numbers.
+    hparams = {
+        value.tag: HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        for file in (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+        for event in EventFileLoader(str(file)).Load()
+        for value in event.summary.value
+        if value.metadata.plugin_data.plugin_name == "hparams"
+    }
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
+    columns = {m.name.tag for m in hparams["_hparams_/experiment"].experiment.metric_infos}
+    assert {"eval/flickr8k_test/t2i_R@10", "gap/centroid_distance_after", "train/loss"} <= columns
+    assert hparams["_hparams_/session_start_info"].session_start_info.hparams["data.objective"].string_value == "contrastive"
+
+
+def test_vision_modules_stay_in_eval_mode_while_training(tiny_smol_llava_dir):
+    embedder = _lora_embedder(tiny_smol_llava_dir)
+    module = EmbeddingLitModule(embedder, loss={"temperature": 0.05}, optim={"lr": 1e-3})
+    module.on_train_epoch_start()
+    assert embedder.training
+    assert vision_modules(embedder.model) and not any(m.training for v in vision_modules(embedder.model).values() for m in v.modules())
