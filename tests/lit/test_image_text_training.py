@@ -180,3 +180,21 @@ def test_vision_modules_stay_in_eval_mode_while_training(tiny_smol_llava_dir):
     module.on_train_epoch_start()
     assert embedder.training
     assert vision_modules(embedder.model) and not any(m.training for v in vision_modules(embedder.model).values() for m in v.modules())
+
+
+def test_unreadable_training_images_are_skipped_and_logged(tiny_smol_llava_dir, tmp_path):
+    rows = []
+    for i, image in enumerate(_noise_images(4)):
+        image.save(tmp_path / f"good{i}.png")
+        (tmp_path / f"bad{i}.jpg").write_bytes(b"\xff\xd8 truncated")
+        rows += [{"image": f"good{i}.png", "text": CAPTIONS[i]}, {"image": f"bad{i}.jpg", "text": "never seen"}]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = compose_train(
+        ["experiment=image_text", f"model.name_or_path={tiny_smol_llava_dir}", "trainer.max_steps=1", "data.batch_size=8",
+         f"data.sources=[{{format:pairs,file:{tmp_path / 'pairs.jsonl'}}}]", "data.val_sts_dir=null",
+         "validate_before_training=false"],
+        tmp_path / "run",
+    )
+    summary = run_training(cfg)
+    assert summary["data_quality"] == [{"epoch": 0, "skipped": 4, "truncated": 0}]
+    assert summary["metrics"]["data/skipped"] == 4 and summary["metrics"]["train/num_negatives"] == 3
