@@ -42,6 +42,9 @@ COST = [
     ("sec_per_step", "s / step", "{:.2f}"),
     ("samples_per_sec", "samples / s", "{:.2f}"),
     ("peak_rss_during_training_mb", "peak RSS in training (MB)", "{:.0f}"),
+    # Sweep jobs share one process (Hydra's basic launcher): the memory a step adds over the RSS at
+    # train start is comparable between jobs; the absolute peak also holds what earlier jobs left behind.
+    ("train_rss_added_mb", "RSS added by training (MB)", "{:.0f}"),
     ("steps", "steps", "{:.0f}"),
     ("train_wall_s", "run wall time: model load + training (s)", "{:.0f}"),
     ("vision_tower_in_memory", "vision tower in memory", "{}"),
@@ -66,6 +69,8 @@ def read_jobs(sweep: Path) -> list[dict]:
             metrics["sts_avg"] = sum(metrics[k] for k in STS) / len(STS)
         cost = dict(summary.get("cost") or {})
         cost["train_wall_s"] = summary.get("train_wall_s", summary.get("wall_time_s"))
+        if "peak_rss_during_training_mb" in cost and "rss_at_train_start_mb" in cost:
+            cost["train_rss_added_mb"] = cost["peak_rss_during_training_mb"] - cost["rss_at_train_start_mb"]
         jobs.append({"job": job.name, "arm": overrides.get("experiment"), "seed": overrides.get("seed"),
                      "metrics": metrics, "cost": cost})
     if not jobs:
@@ -127,7 +132,10 @@ def build_cost_table(jobs: list[dict]) -> str:
             numeric = t and i and not isinstance(t[0], bool)
             cells.append(f"{statistics.fmean(t) / statistics.fmean(i):.3f}" if numeric else "")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    note = ("\nMemory: Hydra's basic launcher runs the jobs one after another in one process, and the allocator "
+            "keeps memory freed by earlier jobs, so later jobs reuse it: peak RSS and RSS added are comparable only "
+            "between jobs run in their own process (see experiments/README.md for those).\n")
+    return "\n".join(lines) + "\n" + note
 
 
 def plot(jobs: list[dict], path: Path, base: dict | None = None) -> None:

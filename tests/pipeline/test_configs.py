@@ -84,3 +84,34 @@ def test_multirun_over_temperatures(tiny_smol_llava_dir, tmp_path):
     runs = sorted(Path(tmp_path, "sweep").glob("*/.hydra/overrides.yaml"))
     assert len(runs) == 2
     assert ["loss.temperature=0.02" in r.read_text() for r in runs] == [True, False]
+
+
+@pytest.mark.slow
+def test_modality_ablation_sweep_runs_four_jobs_and_tabulates(tiny_smol_llava_dir, tmp_path):
+    """`-m hparams_search=modality_ablation`: {text_only, image_text} x seeds {1, 2}, each trained and
+    evaluated; the experiments script turns the sweep folder into the table and the plot."""
+    small_eval = ["evaluation.benchmarks.flickr8k_test.image_range=[800,806]", "evaluation.modality_gap.image_range=[800,806]",
+                  *[f"~evaluation.benchmarks.{b}" for b in ("sts12", "sickr", "cirr_local", "imagenet1k")],
+                  "evaluation.benchmarks.stsb.split=dev", "evaluation.progress=false"]
+    result = run_train_cli(
+        ["-m", "hparams_search=modality_ablation", f"model.name_or_path={tiny_smol_llava_dir}", "trainer.max_steps=2",
+         "data.batch_size=4", "data.val_limit=8", "data.val_batch_size=8", *small_eval, f"hydra.sweep.dir={tmp_path}/sweep"],
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(Path(tmp_path, "sweep").glob("*/train_summary.json"))
+    assert len(jobs) == 4
+    summaries = [json.loads(j.read_text()) for j in jobs]
+    assert [s["text_only"] for s in summaries] == [True, True, False, False]
+    assert all("eval/stsb/spearman" in s["evaluation"]["metrics"] for s in summaries)
+    assert all((j.parent / "eval" / "modality_gap.png").is_file() for j in jobs)
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("modality_ablation", REPO / "experiments" / "modality_ablation.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    text = script.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "table")])
+    assert "text_only (mean ± sd, seeds 1, 2)" in text and "image_text (mean ± sd, seeds 1, 2)" in text
+    assert "| vision tower in memory | False | True |" in text
+    assert (tmp_path / "table.png").is_file()
