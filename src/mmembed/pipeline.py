@@ -139,6 +139,7 @@ def run_training(cfg: DictConfig) -> dict:
     """Fit the embedder as configured; returns the summary also written to `train_summary.json`."""
     import lightning as L
     from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
     from mmembed.lit.callbacks import CostMonitor
     from mmembed.lit.checkpoint_io import AtomicCheckpointIO, ResumeState
@@ -174,6 +175,8 @@ def run_training(cfg: DictConfig) -> dict:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(ResumeState())  # RNG states in checkpoints: a resumed run continues exactly
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    if not logger:  # `~logger`: Lightning refuses a LearningRateMonitor without a logger; it has nothing to do
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if not cfg.trainer.get("plugins"):
         # Checkpoints are written to a temp file, fsync'ed and renamed: a kill never leaves half a last.ckpt.
         trainer_overrides = {**trainer_overrides, "plugins": [AtomicCheckpointIO()]}

@@ -77,3 +77,10 @@ def test_training_changes_only_adapters(tiny_smol_llava_dir, tmp_path):
     assert adapter and all("lora_" in k for k in adapter)
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k), "LoRA B stayed zero: nothing trained"
     assert load_file(str(tiny_smol_llava_dir / "model.safetensors")).keys() == base.keys()
+
+
+def test_training_without_a_logger(tiny_smol_llava_dir, tmp_path):
+    """`~logger` removes TensorBoard; the learning-rate monitor (which needs a logger) is dropped, not an error."""
+    cfg = compose_train(TINY + [f"model.name_or_path={tiny_smol_llava_dir}", "~logger", "validate_before_training=false"], tmp_path)
+    summary = run_training(cfg)
+    assert summary["global_step"] == 3 and not (tmp_path / "tensorboard").exists()
