@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import logging
 import shutil
@@ -212,9 +213,16 @@ def run_training(cfg: DictConfig) -> dict:
         summary["evaluation"] = evaluate_trained(cfg, adapter_dir, out / "eval", logger or None)
         final_metrics.update(summary["evaluation"]["metrics"])
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    if logger and hasattr(logger, "log_hyperparams"):
-        # TensorBoard's HParams tab: this run's settings next to its final numbers.
-        logger.log_hyperparams(_flat_hparams(cfg), metrics=final_metrics)
+    if logger:
+        step = summary["global_step"]
+        if "metrics" in inspect.signature(logger.log_hyperparams).parameters:
+            # TensorBoard's HParams tab: this run's settings next to its final numbers (re-logged at the
+            # last step, so each curve's last point is unchanged).
+            logger.log_hyperparams(_flat_hparams(cfg), metrics=final_metrics, step=step)
+        else:  # e.g. CSVLogger: settings to hparams.yaml, plus the evaluation numbers (training ones are logged)
+            logger.log_hyperparams(_flat_hparams(cfg))
+            if summary.get("evaluation"):
+                logger.log_metrics(summary["evaluation"]["metrics"], step=step)
         logger.finalize("success")  # flush the event file now: the process may go on to another sweep job
     return summary
 
