@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmembed.data.benchmarks.captions import CAPTION_FORMATS, read_caption_config
+from mmembed.data.benchmarks.captions import CAPTION_FORMATS, CaptionBenchmark, read_caption_config, select_image_range
 from mmembed.data.images import DEFAULT_MAX_PIXELS, load_image
 from mmembed.errors import DataConfigError, SkipCounter, check_on_error
 
@@ -74,12 +74,19 @@ def read_image_text_source(source: Mapping) -> list[ImageTextPair]:
         raise DataConfigError(
             f"data source {name!r}: needs columns {image_col!r} and {text_col!r}, found {sorted(rows[0])}"
         )
-    pairs = [
-        ImageTextPair(str(root / str(r[image_col])), str(r[text_col]).strip(), name)
-        for r in rows
-        if r.get(image_col) and isinstance(r.get(text_col), str) and r[text_col].strip()
-    ]
-    return _select_images(pairs, source.get("image_range"), source.get("max_images"), name)
+    kept = [(str(root / str(r[image_col])), str(r[text_col]).strip()) for r in rows
+            if r.get(image_col) and isinstance(r.get(text_col), str) and r[text_col].strip()]
+    images = list(dict.fromkeys(path for path, _ in kept))[: source.get("max_images")]  # file order, as the caption readers
+    index = {path: i for i, path in enumerate(images)}
+    kept = [(path, text) for path, text in kept if path in index]
+    # The same name-sorted split as the caption readers (CaptionBenchmark.image_range).
+    bench = CaptionBenchmark(name, [Path(p) for p in images], [Path(p).name for p in images],
+                             [text for _, text in kept], [index[path] for path, _ in kept])
+    try:
+        bench = select_image_range(bench, source.get("image_range"))
+    except ValueError as err:
+        raise DataConfigError(f"data source {err}") from err
+    return [ImageTextPair(str(bench.images[i]), text, name) for text, i in zip(bench.captions, bench.caption_image)]
 
 
 def _required(source: Mapping, key: str, name: str):
@@ -109,18 +116,6 @@ def _read_imagefolder_metadata(root: Path) -> list[dict]:
         if (root / name).is_file():
             return _read_pairs_file(str(root / name), str(root))[0]
     raise DataConfigError(f"{root} has no metadata.jsonl or metadata.csv (the datasets ImageFolder layout)")
-
-
-def _select_images(pairs: list[ImageTextPair], image_range, max_images: int | None, name: str) -> list[ImageTextPair]:
-    """Keep pairs whose image lies in [start, stop) of the name-sorted images (then the first max_images)."""
-    images = sorted({p.image for p in pairs}, key=lambda path: Path(path).name)
-    keep = images[slice(*image_range)] if image_range is not None else images
-    if max_images is not None:
-        keep = keep[:max_images]
-    if image_range is not None and not keep:
-        raise DataConfigError(f"data source {name!r}: image_range {list(image_range)} selects no image")
-    keep_set = set(keep)
-    return [p for p in pairs if p.image in keep_set]
 
 
 class _ImageOpener:

@@ -197,11 +197,16 @@ def read_caption_config(cfg: Mapping, check_images: bool = True) -> CaptionBench
         bench = read_coco_captions(captions, images, name or "coco", limit, check_images)
     else:
         bench = read_karpathy(captions, images, cfg.get("split") or "test", name, limit, check_images)
-    image_range = cfg.get("image_range")
-    if image_range is not None:
-        if len(image_range) != 2:
-            raise ValueError(f"{bench.name}: image_range must be [start, stop], got {list(image_range)}")
-        bench = bench.image_range(*image_range)
-        if not bench.images:
-            raise ValueError(f"{bench.name}: image_range {list(image_range)} selects no image")
+    return select_image_range(bench, cfg.get("image_range"))
+
+
+def select_image_range(bench: CaptionBenchmark, image_range) -> CaptionBenchmark:
+    """`bench.image_range(start, stop)` for a configured `[start, stop]` (None: all images), refusing an empty slice."""
+    if image_range is None:
+        return bench
+    if len(image_range) != 2:
+        raise ValueError(f"{bench.name}: image_range must be [start, stop], got {list(image_range)}")
+    bench = bench.image_range(*image_range)
+    if not bench.images:
+        raise ValueError(f"{bench.name}: image_range {list(image_range)} selects no image")
     return bench
