@@ -3,6 +3,7 @@
     python benchmarks/gradcache_memory.py --model tiny                 # built-in small transformer
     python benchmarks/gradcache_memory.py --model tiny --batch-sizes 16 64 --chunk-size 8 --device cuda
     python benchmarks/gradcache_memory.py --model default --steps 1 --warmup 0 --plain-max-batch 64
+    python benchmarks/gradcache_memory.py --model default --batch-sizes 16 --steps 3 --warmup 1 --repeats 3  # time ratio
 
 `--model default` is the real offline default embedder as training builds it: text-only SmolLlava
 (SmolLM2-135M-Instruct), LoRA r=64 / alpha 16 / dropout 0.05 on the decoder's linear layers, E5-V
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -169,23 +171,54 @@ def measure(args, batch: int, mode: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def print_table(rows: list[dict], chunk_size: int) -> None:
-    mem = "cuda_peak_mb" if rows[0]["cuda_peak_mb"] is not None else "delta_rss_mb"
-    print(f"\nmemory column: {mem} (MiB); GradCache chunk size {chunk_size}")
-    head = f"{'batch':>6} | {'plain MB':>9} {'gc MB':>9} {'mem gc/plain':>12} | {'plain s':>8} {'gc s':>8} {'time gc/plain':>13}"
-    print(head + f" | {'peak RSS plain/gc (MB)':>22}")
-    print("-" * len(head) + "-" * 25)
+def summarise(rows: list[dict]) -> list[dict]:
+    """One row per (batch, mode): medians over repeats of s/step and peak memory, and the median of
+    the per-repeat time ratios gradcache / plain (each pair measured back to back, so load drift
+    between repeats cancels in the ratio)."""
+    out = []
     for batch in sorted({r["batch"] for r in rows}):
-        p = next((r for r in rows if r["batch"] == batch and r["mode"] == "plain"), None)
-        g = next(r for r in rows if r["batch"] == batch and r["mode"] == "gradcache")
+        for mode in ("plain", "gradcache"):
+            runs = [r for r in rows if r["batch"] == batch and r["mode"] == mode]
+            if not runs:
+                continue
+            keys = ("sec_per_step", "peak_rss_mb", "delta_rss_mb", "cuda_peak_mb")
+            row = {"batch": batch, "mode": mode, "repeats": len(runs)}
+            row |= {k: None if runs[0][k] is None else statistics.median(r[k] for r in runs) for k in keys}
+            if mode == "gradcache":
+                pairs = [(p, g) for p in rows for g in runs
+                         if p["batch"] == batch and p["mode"] == "plain" and p["repeat"] == g["repeat"]]
+                ratios = [g["sec_per_step"] / p["sec_per_step"] for p, g in pairs]
+                row["time_ratios"] = ratios
+                row["time_ratio_median"] = statistics.median(ratios) if ratios else None
+            out.append(row)
+    return out
+
+
+def print_table(summary: list[dict], chunk_size: int) -> None:
+    mem = "cuda_peak_mb" if summary[0]["cuda_peak_mb"] is not None else "delta_rss_mb"
+    print(f"\nmemory column: {mem} (MiB); GradCache chunk size {chunk_size}; medians over repeats")
+    head = f"{'batch':>6} | {'plain MB':>9} {'gc MB':>9} {'mem gc/plain':>12} | {'plain s':>8} {'gc s':>8} {'time gc/plain':>13}"
+    print(head + f" | {'peak RSS plain/gc (MB)':>22} | per-repeat time ratios")
+    print("-" * len(head) + "-" * 50)
+    for batch in sorted({r["batch"] for r in summary}):
+        p = next((r for r in summary if r["batch"] == batch and r["mode"] == "plain"), None)
+        g = next(r for r in summary if r["batch"] == batch and r["mode"] == "gradcache")
         if p is None:  # skipped (--plain-max-batch)
             print(f"{batch:>6} | {'skipped':>9} {g[mem]:>9.1f} {'-':>12} | {'skipped':>8} {g['sec_per_step']:>8.3f} "
-                  f"{'-':>13} | {'-':>10} / {g['peak_rss_mb']:<9.0f}")
+                  f"{'-':>13} | {'-':>10} / {g['peak_rss_mb']:<9.0f} |")
             continue
+        ratios = ", ".join(f"{x:.2f}" for x in g["time_ratios"])
         print(f"{batch:>6} | {p[mem]:>9.1f} {g[mem]:>9.1f} {g[mem] / max(p[mem], 1e-9):>12.2f} | "
-              f"{p['sec_per_step']:>8.3f} {g['sec_per_step']:>8.3f} {g['sec_per_step'] / p['sec_per_step']:>13.2f} | "
-              f"{p['peak_rss_mb']:>10.0f} / {g['peak_rss_mb']:<9.0f}")
-    gc = sorted((r for r in rows if r["mode"] == "gradcache"), key=lambda r: r["batch"])
+              f"{p['sec_per_step']:>8.3f} {g['sec_per_step']:>8.3f} {g['time_ratio_median']:>13.2f} | "
+              f"{p['peak_rss_mb']:>10.0f} / {g['peak_rss_mb']:<9.0f} | {ratios}")
+    gc = sorted((r for r in summary if r["mode"] == "gradcache"), key=lambda r: r["batch"])
+    plain = sorted((r for r in summary if r["mode"] == "plain"), key=lambda r: r["batch"])
+    if plain and any(r["batch"] > plain[-1]["batch"] for r in gc):
+        # Plain does not fit beyond its largest batch: compare time per sample against it instead.
+        base = plain[-1]
+        per_sample = base["sec_per_step"] / base["batch"]
+        print(f"time per sample vs plain at batch {base['batch']} ({per_sample:.3f} s/sample): " + ", ".join(
+            f"gc batch {r['batch']} x{r['sec_per_step'] / r['batch'] / per_sample:.2f}" for r in gc))
     if len(gc) > 1:
         lo, hi = gc[0], gc[-1]
         print(f"GradCache memory growth batch {lo['batch']} -> {hi['batch']}: {mem} x{hi[mem] / max(lo[mem], 1e-9):.2f}, "
@@ -199,6 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunk-size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="measure each (batch, mode) this many times, plain and GradCache alternating; "
+                         "the table reports medians and the median of the back-to-back time ratios")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--plain-max-batch", type=int, default=None,
@@ -219,18 +255,24 @@ def main(argv: list[str] | None = None) -> None:
         _nli_file(), ensure_default_model()  # fail fast (and prepare the model once), before spawning workers
     rows = []
     for batch in args.batch_sizes:
-        for mode in ("plain", "gradcache"):
-            if mode == "plain" and args.plain_max_batch is not None and batch > args.plain_max_batch:
-                print(f"batch {batch:>4}     plain: skipped (--plain-max-batch {args.plain_max_batch})", flush=True)
-                continue
-            rows.append(measure(args, batch, mode))
-            r = rows[-1]
-            print(f"batch {batch:>4} {mode:>9}: {r['sec_per_step']:.3f} s/step, peak RSS {r['peak_rss_mb']:.0f} MB "
-                  f"(+{r['delta_rss_mb']:.0f} over setup)" + (f", CUDA peak {r['cuda_peak_mb']:.0f} MB" if r["cuda_peak_mb"] else ""),
-                  flush=True)
-    print_table(rows, args.chunk_size)
+        for repeat in range(args.repeats):
+            for mode in ("plain", "gradcache"):
+                if mode == "plain" and args.plain_max_batch is not None and batch > args.plain_max_batch:
+                    if repeat == 0:
+                        print(f"batch {batch:>4}     plain: skipped (--plain-max-batch {args.plain_max_batch})", flush=True)
+                    continue
+                rows.append(measure(args, batch, mode) | {"repeat": repeat})
+                r = rows[-1]
+                print(f"batch {batch:>4} {mode:>9} (repeat {repeat + 1}/{args.repeats}): {r['sec_per_step']:.3f} s/step, "
+                      f"peak RSS {r['peak_rss_mb']:.0f} MB (+{r['delta_rss_mb']:.0f} over setup)"
+                      + (f", CUDA peak {r['cuda_peak_mb']:.0f} MB" if r["cuda_peak_mb"] else ""), flush=True)
+                if args.json:  # keep what is measured so far: a long run stopped midway loses nothing
+                    args.json.write_text(json.dumps({"runs": rows}, indent=2))
+    summary = summarise(rows)
+    print_table(summary, args.chunk_size)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
+                                         "runs": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,25 @@ def test_grad_cache_matches_full_batch_gradients_with_dropout(chunk_size):
     assert torch.equal(torch.get_rng_state(), ref_rng)
 
 
+@pytest.mark.parametrize(("chunk_size", "chunks"), [(3, 9), (GLOBAL_BATCH, 3)])
+def test_grad_cache_re_runs_every_chunk_but_the_last(chunk_size, chunks):
+    """n chunks cost 2n - 1 encoder calls: the last chunk keeps its graph from the first pass."""
+    model = TinyEncoder(dropout=0.1, dtype=torch.float64).train()
+    calls = []
+
+    def encode(x):
+        calls.append((x.shape[0], torch.is_grad_enabled()))
+        return model(x)
+
+    torch.manual_seed(SEED)
+    grad_cache_step(encode, make_groups(dtype=torch.float64), info_nce, chunk_size)
+    assert len(calls) == 2 * chunks - 1
+    first_pass = calls[:chunks]
+    assert [grad for _, grad in first_pass] == [False] * (chunks - 1) + [True]
+    assert all(grad for _, grad in calls[chunks:])
+    assert sum(n for n, _ in calls[chunks:]) == 3 * GLOBAL_BATCH - first_pass[-1][0]
+
+
 def test_grad_cache_float32():
     ref_loss, ref_grads = _reference(torch.float32, 3)
     loss, grads = _grad_cache(torch.float32, 3)

@@ -42,3 +42,22 @@ def test_default_model_configuration_runs_on_nli_triplets(bench, default_model_d
     # LoRA dropout is on, so the two losses differ slightly; both are near log(4) for 4 candidates
     assert all(0 < row["loss"] < 10 for row in rows)
     assert rows[1]["peak_rss_mb"] > 300  # the real 135M-parameter model was loaded
+
+
+def test_summary_takes_medians_and_pairs_ratios_by_repeat(bench):
+    def row(batch, mode, repeat, sec, rss):
+        return {"batch": batch, "mode": mode, "repeat": repeat, "sec_per_step": sec, "peak_rss_mb": rss,
+                "delta_rss_mb": rss - 100, "cuda_peak_mb": None}
+
+    rows = [row(16, "plain", 0, 10.0, 900), row(16, "gradcache", 0, 13.0, 500),
+            row(16, "plain", 1, 20.0, 1000), row(16, "gradcache", 1, 24.0, 520),
+            row(16, "plain", 2, 12.0, 950), row(16, "gradcache", 2, 18.0, 510),
+            row(64, "gradcache", 0, 50.0, 600)]
+    summary = {(r["batch"], r["mode"]): r for r in bench.summarise(rows)}
+    gc16 = summary[16, "gradcache"]
+    assert summary[16, "plain"]["sec_per_step"] == 12.0 and summary[16, "plain"]["peak_rss_mb"] == 950
+    # ratios are per back-to-back pair (1.3, 1.2, 1.5), not median(gc) / median(plain) = 18 / 12
+    assert gc16["time_ratios"] == pytest.approx([1.3, 1.2, 1.5])
+    assert gc16["time_ratio_median"] == pytest.approx(1.3)
+    assert summary[64, "gradcache"]["time_ratios"] == [] and summary[64, "gradcache"]["time_ratio_median"] is None
+    assert (64, "plain") not in summary
