@@ -136,7 +136,8 @@ def grad_cache_step(
     backward_fn: runs the backward of each chunk's scalar surrogate (default `Tensor.backward`;
         Lightning: `self.manual_backward`). The loss itself is backpropagated with a plain backward,
         which only reaches the embeddings (and any parameters of `loss_fn`).
-    no_sync: context factory wrapped around every chunk re-run except the last (DDP's `no_sync`).
+    no_sync: context factory wrapped around every chunk's forward and backward except the final
+        backward's (DDP's `no_sync`), so gradients are all-reduced once.
     Returns the loss, detached. Does not zero gradients or step an optimizer.
     """
     encoders = list(encode) if isinstance(encode, Sequence) else [encode] * len(inputs)
@@ -175,7 +176,7 @@ def grad_cache_step(
     loss.backward()
     # a group that does not influence the loss gets zeros (its chunks still run: DDP expects them)
     grads = [cache.grad if cache.grad is not None else torch.zeros_like(cache) for cache in cached]
-    starts = [list(itertools.accumulate((batch_len(x) for x in group_chunks[:-1]), initial=0)) for group_chunks in chunks]
+    starts = [list(itertools.accumulate((batch_len(x) for x in group[:-1]), initial=0)) for group in chunks]
 
     def push(position: tuple[int, int], emb: torch.Tensor) -> None:
         g, c = position
