@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import inspect
 import json
@@ -64,6 +65,24 @@ def ensure_writable(path: str | Path, min_free_bytes: int = MIN_FREE_BYTES) -> P
     return path
 
 
+def last_checkpoint(cfg: DictConfig, out: Path) -> Path:
+    """Where this run's ModelCheckpoint keeps `last.ckpt` (it may not exist yet)."""
+    checkpoint_cfg = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
+    return Path(checkpoint_cfg.get("dirpath") or out / "checkpoints") / "last.ckpt"
+
+
+def disk_full_cause(err: BaseException | None) -> OSError | None:
+    """The out-of-space OSError behind `err`, if any. torch.save reports a full disk as a RuntimeError
+    ("unexpected pos ...") raised while handling the OSError, so the cause/context chain is searched."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig, out: Path) -> str | None:
     """`ckpt_path=last` -> `<checkpoint dir>/last.ckpt` of this run folder, refusing to silently start over.
 
@@ -73,9 +92,7 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig, out: Path) -> str 
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path == "last":
-        checkpoint_cfg = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
-        folder = Path(checkpoint_cfg.get("dirpath") or out / "checkpoints")
-        last = folder / "last.ckpt"
+        last = last_checkpoint(cfg, out)
         if not last.is_file():
             raise DataConfigError(
                 f"ckpt_path=last but {last} does not exist: set hydra.run.dir to the interrupted run's folder "
@@ -189,7 +206,20 @@ def run_training(cfg: DictConfig) -> dict:
     else:
         before = []
     # weights_only: resuming unpickles tensors and plain containers only, never code.
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except Exception as err:
+        full = disk_full_cause(err)
+        if full is None:
+            raise
+        # Checkpoints are written atomically (AtomicCheckpointIO): the failed save left the last one whole.
+        last = last_checkpoint(cfg, out)
+        if last.is_file():
+            then = (f"the last complete checkpoint is intact: {last}. Free space, then resume with the same "
+                    f"overrides plus hydra.run.dir={out} ckpt_path=last")
+        else:
+            then = "no checkpoint had been completed. Free space, then start the run again"
+        raise OutputDirError(f"the disk holding {out} filled up during training ({full.strerror}); {then}") from err
     cost = next((c.summary(module) for c in callbacks if isinstance(c, CostMonitor)), {})
     data_quality = next((c.history for c in callbacks if isinstance(c, DataQualityMonitor)), [])
     summary = {

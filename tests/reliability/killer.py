@@ -7,6 +7,7 @@ after `last.ckpt` of step `step` was saved and before the next step finishes.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -37,3 +38,25 @@ class NaNFromStep(L.Callback):
             return out * float("nan") if trainer.global_step >= self.step else out
 
         embedder.forward = faulty
+
+
+class DiskFullFromStep(L.Callback):
+    """Test-only: from global step `step` on, every checkpoint write fails the way torch.save fails on
+    a full disk (a RuntimeError raised while handling OSError ENOSPC), after writing part of the file."""
+
+    def __init__(self, step: int):
+        self.step = int(step)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step < self.step:
+            return
+        from mmembed.lit.checkpoint_io import AtomicCheckpointIO
+
+        def full_disk(checkpoint, f):
+            f.write(b"PK\x03\x04 part of a zip file")
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")  # noqa: B904 (as torch does)
+
+        AtomicCheckpointIO._write = staticmethod(full_disk)

@@ -95,3 +95,41 @@ def test_a_different_seed_changes_the_losses(tiny_smol_llava_dir, tmp_path):
         run_training(cfg)
         losses.append(csv_losses(tmp_path / str(seed)))
     assert losses[0] != losses[1]
+
+
+@pytest.mark.slow
+def test_disk_filling_during_training_is_reported_without_traceback_and_keeps_the_last_checkpoint(
+    tiny_smol_llava_dir, tmp_path
+):
+    run = tmp_path / "run"
+    full = ["+callbacks.full._target_=tests.reliability.killer.DiskFullFromStep", "+callbacks.full.step=2"]
+    proc = run_cli(tiny_train_args(tiny_smol_llava_dir, run, extra=full), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out
+    last = run / "checkpoints" / "last.ckpt"
+    assert (
+        f"OutputDirError: the disk holding {run} filled up during training (No space left on device); "
+        f"the last complete checkpoint is intact: {last}. Free space, then resume with the same overrides "
+        f"plus hydra.run.dir={run} ckpt_path=last"
+    ) in out
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
+    # step 2's checkpoints are whole; the partial temp file of the failed step-3 save is gone
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step-2.ckpt"]
+
+
+def test_disk_full_cause_finds_the_errno_behind_torch_save_errors():
+    import errno
+
+    from mmembed.pipeline import disk_full_cause
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("unexpected pos 704 vs 598")  # noqa: B904 (what torch.save raises)
+    except RuntimeError as err:
+        found = disk_full_cause(err)
+    assert found is not None and found.errno == errno.ENOSPC
+    assert disk_full_cause(RuntimeError("unexpected pos")) is None
+    assert disk_full_cause(OSError(errno.EACCES, "Permission denied")) is None
