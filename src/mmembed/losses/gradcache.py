@@ -147,10 +147,9 @@ def grad_cache_step(
     chunks = [split_fn(group, chunk_size) for group in inputs]
     order = [(g, c) for g, group_chunks in enumerate(chunks) for c in range(len(group_chunks))]
     kept, replayed = order[-1], order[:-1]
+    final = replayed[-1] if replayed else kept  # DDP all-reduces on this backward only
 
     def sync_ctx(position: tuple[int, int]):
-        # DDP all-reduces on the very last backward only; with a single chunk that is the kept one.
-        final = replayed[-1] if replayed else kept
         return contextlib.nullcontext() if no_sync is None or position == final else no_sync()
 
     # 1. embed without grad, remembering each chunk's RNG state. The last chunk is embedded with
