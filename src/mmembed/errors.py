@@ -13,7 +13,19 @@ from dataclasses import dataclass, field
 ON_ERROR = ("skip", "raise")
 
 
-class DataConfigError(ValueError):
+class MMEmbedError(Exception):
+    """Base of the errors a user can fix (a setting, a file, a missing package).
+
+    Entry points print these as one line without a traceback (exit code 2); any other exception, e.g. a
+    bug deep in torch or transformers, keeps its traceback.
+    """
+
+
+class ConfigError(MMEmbedError, ValueError):
+    """A setting (or a combination of settings) mmembed cannot run; the message names it."""
+
+
+class DataConfigError(MMEmbedError, ValueError):
     """Bad data settings or files; the message names the setting or file to fix."""
 
 
