@@ -7,9 +7,10 @@ import json
 import pytest
 from PIL import Image
 
-from mmembed.data.benchmarks.captions import read_caption_csv, read_coco_captions, read_karpathy
+from mmembed.data.benchmarks.captions import read_caption_csv, read_coco_captions, read_flickr8k_token, read_karpathy
 from mmembed.data.benchmarks.cir import join_fiq_captions, read_cirr, read_fashioniq
-from mmembed.data.benchmarks.images import UnreadableImageError, open_image
+from mmembed.data.images import load_image
+from mmembed.errors import BadImageError
 from mmembed.data.benchmarks.layout import BenchmarkLayoutError
 from mmembed.data.benchmarks.zeroshot import read_zeroshot
 
@@ -78,14 +79,31 @@ def test_real_caption_sets(data_root):
     assert len(coco.images) == 80 and len(coco.captions) == 400
 
 
+def _captions_by_image(bench) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for caption, i in zip(bench.captions, bench.caption_image):
+        out.setdefault(bench.image_ids[i], []).append(caption)
+    return out
+
+
+def test_official_token_file_holds_the_kaggle_csv_captions(data_root):
+    """Flickr8k.token.txt and the Kaggle `image,caption` file read to the same captions, in the same order."""
+    kaggle = _captions_by_image(read_caption_csv(data_root / "flickr8k/captions_1000imgs.txt", data_root / "flickr8k/images"))
+    token = read_flickr8k_token(data_root / "flickr8k_224/text/Flickr8k.token.txt", data_root / "flickr8k/images",
+                                check_images=False)  # the whole file: 8,092 names, most not in this folder
+    assert len(token.images) == 8092 and len(token.captions) == 40459 and token.meta["malformed_lines_skipped"] == 1
+    by_image = _captions_by_image(token)
+    assert len(kaggle) == 1000 and all(by_image[img] == caps for img, caps in kaggle.items())
+
+
 # ---- images ----
 def test_unreadable_image(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    assert open_image(bad, on_error="skip") is None
-    with pytest.raises(UnreadableImageError, match="bad.jpg"):
-        open_image(bad)
-    assert open_image(_img(tmp_path / "ok.png")).mode == "RGB"
+    assert load_image(bad, on_error="skip") is None
+    with pytest.raises(BadImageError, match="bad.jpg"):
+        load_image(bad)
+    assert load_image(_img(tmp_path / "ok.png")).mode == "RGB"
 
 
 # ---- CIRR ----

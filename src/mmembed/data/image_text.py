@@ -1,17 +1,23 @@
-"""Image-caption pairs for training: readers for four layouts, and the two batch collators.
+"""Image-caption pairs for training: readers for five layouts, and the two batch collators.
 
 Sources (each a mapping in `data.sources`, several are concatenated):
-- `format: coco_json`   COCO `captions_*.json` + image folder (`captions`, `images`);
-- `format: caption_csv` Flickr-style `image,caption` CSV + image folder (`captions`, `images`);
-- `format: karpathy`    Karpathy `dataset_*.json` (`captions`, `images`, `split`);
-- `format: pairs`       a generic `.jsonl` / `.csv` / `.tsv` with `image` and `text` columns (`file`,
-                        optional `images` root; relative image paths are resolved against it, default:
-                        the file's folder);
-- `format: imagefolder` the `datasets` ImageFolder layout: `<root>/metadata.jsonl` (or `.csv`) with a
-                        `file_name` column and a text column (`text_column`, default `text`); the same
-                        folder loads with `datasets.load_dataset("imagefolder", data_dir=root)`.
-Every source takes `image_range: [start, stop]` (a slice of its name-sorted images, the fixed
-train/test split), and `max_images`.
+- `format: coco_json`      COCO `captions_*.json` + image folder (`captions`, `images`);
+- `format: caption_csv`    Flickr-style `image,caption` CSV + image folder (`captions`, `images`);
+- `format: flickr8k_token` Flickr8k's own `Flickr8k.token.txt` (`<file>#<n><TAB><caption>`) + image folder;
+- `format: karpathy`       Karpathy `dataset_*.json` (`captions`, `images`, `split`);
+- `format: pairs`          a generic `.jsonl` / `.csv` / `.tsv` with `image` and `text` columns (`file`,
+                           optional `images` root; relative image paths are resolved against it, default:
+                           the file's folder);
+- `format: imagefolder`    the `datasets` ImageFolder layout: `<root>/metadata.jsonl` (or `.csv`) with a
+                           `file_name` column and a text column (`text_column`, default `text`); the same
+                           folder loads with `datasets.load_dataset("imagefolder", data_dir=root)`.
+Splits: `split: train` + `split_files: {train: ..., dev: ..., test: ...}` (files of image names, e.g.
+Flickr8k's `Flickr_8k.trainImages.txt`) keeps that split's images, matched by file name, whatever folder
+they are in; `heldout_splits: [dev, test]` also drops captions identical to one of those splits' captions, so
+no evaluation sentence is trained on. Caption formats take several image folders (`images: [dir1, dir2]`,
+the first that holds an image wins); a split's images found in none are dropped and counted (a partial
+copy). `image_range: [start, stop]` (a slice of the name-sorted images) is for a user's own data without an
+official split; `max_images` keeps the first N images.
 
 Images are *not* opened here: the collators open them with `load_image` under `data.on_error`, so a
 missing or corrupt image is skipped and counted (or raises with its path) when its batch is built.
@@ -27,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmembed.data.benchmarks.caption_splits import select_split
 from mmembed.data.benchmarks.captions import CAPTION_FORMATS, CaptionBenchmark, read_caption_config, select_image_range
 from mmembed.data.images import DEFAULT_MAX_PIXELS, load_image
 from mmembed.errors import DataConfigError, SkipCounter, check_on_error
@@ -76,10 +83,12 @@ def read_image_text_source(source: Mapping) -> list[ImageTextPair]:
         )
     kept = [(str(root / str(r[image_col])), str(r[text_col]).strip()) for r in rows
             if r.get(image_col) and isinstance(r.get(text_col), str) and r[text_col].strip()]
+    if any(source.get(key) for key in ("split", "split_files", "split_file")):
+        kept = select_split(name, kept, source)[0]  # matched by file name, as the caption formats
     images = list(dict.fromkeys(path for path, _ in kept))[: source.get("max_images")]  # file order, as the caption readers
     index = {path: i for i, path in enumerate(images)}
     kept = [(path, text) for path, text in kept if path in index]
-    # The same name-sorted split as the caption readers (CaptionBenchmark.image_range).
+    # The same name-sorted slice as the caption readers (CaptionBenchmark.image_range).
     bench = CaptionBenchmark(name, [Path(p) for p in images], [Path(p).name for p in images],
                              [text for _, text in kept], [index[path] for path, _ in kept])
     try:
@@ -87,6 +96,18 @@ def read_image_text_source(source: Mapping) -> list[ImageTextPair]:
     except ValueError as err:
         raise DataConfigError(f"data source {err}") from err
     return [ImageTextPair(str(bench.images[i]), text, name) for text, i in zip(bench.captions, bench.caption_image)]
+
+
+def source_paths(source: Mapping) -> list[tuple[str, Path]]:
+    """Every local path a source names (caption file, each image folder, split files), as (setting, path):
+    what a fail-fast check before the model loads should find. Accepts OmegaConf lists and mappings."""
+    paths = []
+    for key in ("captions", "images", "file", "root", "split_file"):
+        value = source.get(key)
+        values = [value] if value is None or isinstance(value, (str, os.PathLike)) else list(value)
+        paths += [(key, Path(str(v)).expanduser()) for v in values if v]
+    split_files = source.get("split_files") or {}
+    return paths + [(f"split_files.{k}", Path(str(v)).expanduser()) for k, v in split_files.items() if v]
 
 
 def _required(source: Mapping, key: str, name: str):

@@ -1,33 +1,33 @@
-"""Image-caption retrieval benchmarks: COCO caption JSON, Karpathy `dataset_*.json`, Flickr8k-style CSV.
+"""Image-caption retrieval benchmarks: COCO caption JSON, Karpathy `dataset_*.json`, Flickr8k-style CSV and
+Flickr8k's own `Flickr8k.token.txt`.
 
 Each reader returns a `CaptionBenchmark`: unique images (each embedded once) and captions pointing at
-their image by index, in file order.
+their image by index, in file order. `read_caption_config` adds the official splits (`split` +
+`split_files`, see `caption_splits`) and image folders searched in order (`images: [dir1, dir2]`).
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmembed.data.benchmarks.layout import BenchmarkLayoutError, require
+from mmembed.data.benchmarks.caption_files import (
+    COCO_LAYOUT,
+    CSV_LAYOUT,
+    KARPATHY_LAYOUT,
+    TOKEN_LAYOUT,
+    parse_caption_csv,
+    parse_coco,
+    parse_flickr8k_token,
+    parse_karpathy,
+)
+from mmembed.data.benchmarks.caption_splits import image_folders, locate_images, select_split
+from mmembed.data.benchmarks.layout import BenchmarkLayoutError
+from mmembed.errors import DataConfigError
 
-COCO_LAYOUT = """
-<captions_json>: COCO captions file (e.g. captions_val2017.json) with "images" [{id, file_name}] and
-    "annotations" [{image_id, caption}]
-<image_dir>/<file_name> for every image listed
-"""
-KARPATHY_LAYOUT = """
-<karpathy_json>: dataset_coco.json / dataset_flickr30k.json with "images" [{filename, [filepath],
-    split, sentences: [{raw}]}]
-<image_root>/[<filepath>/]<filename>   (COCO: image_root holds train2014/ and val2014/)
-"""
-CSV_LAYOUT = """
-<captions_csv>: a header line "image,caption", then one "<file name>,<caption>" row per caption
-<image_dir>/<file name> for every image named
-"""
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,21 +63,14 @@ class CaptionBenchmark:
     def image_range(self, start: int | None, stop: int | None) -> CaptionBenchmark:
         """The images at positions [start, stop) of the *file-name-sorted* image list, and their captions.
 
-        A fixed, order-independent split: Flickr8k's 1000 local images sorted by name give
-        [0, 800) for training and [800, 1000) for testing, whatever order the caption file lists them in.
+        For a user's own caption file that has no official split: a fixed, order-independent slice.
+        Flickr8k, COCO and Flickr30k have official splits (`split` + `split_files`, or Karpathy's `split`).
         """
         ordered = sorted(range(len(self.images)), key=lambda i: self.image_ids[i])
         keep = sorted(ordered[slice(start, stop)])
         out = self.subset(keep)
         out.meta["image_range"] = [start, stop]
         return out
-
-
-def _check_images(name: str, image_dir: Path, images: list[Path], layout: str) -> None:
-    missing = [p for p in images if not p.is_file()]
-    if missing:
-        shown = f"{len(missing)} of {len(images)} images, e.g. {missing[0]}"
-        raise BenchmarkLayoutError(name, image_dir, layout, [shown])
 
 
 def _limit(images: list[str], captions: list[tuple[str, str]], max_images: int | None):
@@ -87,116 +80,106 @@ def _limit(images: list[str], captions: list[tuple[str, str]], max_images: int |
     return images[:max_images], [(img, cap) for img, cap in captions if img in keep]
 
 
-def _build(name, image_dir, ordered, captions, meta, layout, check_images: bool = True) -> CaptionBenchmark:
+def _build(name, images, ordered, captions, meta, layout, check_images=True, max_images=None, drop_missing=False):
+    """The benchmark of `ordered` images (file names, found in the folder(s) `images`) and their captions.
+
+    An image no folder holds raises with `check_images` (evaluation), is dropped and counted with
+    `drop_missing` (training on a split: the split file lists images a partial copy may lack), and is
+    otherwise left to the image loader's on_error policy (training without a split).
+    """
+    folders = image_folders(name, images, layout)
+    found = locate_images(ordered, folders, search=check_images or drop_missing)
+    missing = [img for img in ordered if found[img] is None]
+    if missing and check_images:
+        shown = f"{len(missing)} of {len(ordered)} images, e.g. {folders[0] / missing[0]}"
+        raise BenchmarkLayoutError(name, ", ".join(map(str, folders)), layout, [shown])
+    if drop_missing:
+        meta["images_not_found"] = len(missing)
+    if missing and drop_missing:
+        log.info("%s: %d of %d image(s) of the split are in none of %s; dropped with their captions",
+                 name, len(missing), len(ordered), [str(f) for f in folders])
+        ordered = [img for img in ordered if found[img] is not None]
+        captions = [(img, cap) for img, cap in captions if found[img] is not None]
+        if not ordered:
+            raise DataConfigError(f"{name}: no image of the split is in {[str(f) for f in folders]}; check `images`")
+    ordered, captions = _limit(ordered, captions, max_images)
+    paths = [found[img] or folders[0] / img for img in ordered]
+    meta["image_dir"] = str(folders[0]) if len(folders) == 1 else [str(f) for f in folders]
+    if len(folders) > 1:  # which copy each image came from (e.g. Flickr8k's 224 px copies first)
+        meta["images_per_folder"] = {str(f): sum(found[img] == f / img for img in ordered) for f in folders}
     index = {img: i for i, img in enumerate(ordered)}
-    paths = [Path(image_dir) / img for img in ordered]
-    if check_images:  # training readers leave missing files to the image loader's on_error policy
-        _check_images(name, Path(image_dir), paths, layout)
     return CaptionBenchmark(name, paths, list(ordered), [c for _, c in captions], [index[i] for i, _ in captions], meta)
 
 
-def read_coco_captions(
-    captions_json: str | Path,
-    image_dir: str | Path,
-    name: str = "coco",
-    max_images: int | None = None,
-    check_images: bool = True,
-) -> CaptionBenchmark:
+def read_coco_captions(captions_json, image_dir, name="coco", max_images=None, check_images=True) -> CaptionBenchmark:
     """COCO `captions_*.json` (images + annotations), images in `image_dir` by `file_name`."""
-    captions_json = Path(captions_json)
-    require(name, captions_json.parent, [captions_json.name], COCO_LAYOUT)
-    require(name, image_dir, [], COCO_LAYOUT)
-    data = json.loads(captions_json.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-        raise BenchmarkLayoutError(name, captions_json, COCO_LAYOUT, ['"images" / "annotations" keys'])
-    file_of = {img["id"]: img["file_name"] for img in data["images"]}
-    ordered = [img["file_name"] for img in data["images"]]
-    captions = [(file_of[a["image_id"]], a["caption"].strip()) for a in data["annotations"] if a["image_id"] in file_of]
-    ordered, captions = _limit(ordered, captions, max_images)
-    meta = {"format": "coco_json", "captions_file": str(captions_json), "image_dir": str(image_dir)}
-    return _build(name, image_dir, ordered, captions, meta, COCO_LAYOUT, check_images)
+    cfg = {"format": "coco_json", "captions": captions_json, "images": image_dir, "name": name, "max_images": max_images}
+    return read_caption_config(cfg, check_images)
 
 
-def read_karpathy(
-    karpathy_json: str | Path,
-    image_root: str | Path,
-    split: str = "test",
-    name: str | None = None,
-    max_images: int | None = None,
-    check_images: bool = True,
-) -> CaptionBenchmark:
+def read_karpathy(karpathy_json, image_root, split="test", name=None, max_images=None, check_images=True) -> CaptionBenchmark:
     """Karpathy split file (`dataset_coco.json`: 5k test; `dataset_flickr30k.json`: 1k test), `raw` captions."""
-    karpathy_json = Path(karpathy_json)
-    name = name or f"{karpathy_json.stem.removeprefix('dataset_')}-{split}"
-    require(name, karpathy_json.parent, [karpathy_json.name], KARPATHY_LAYOUT)
-    require(name, image_root, [], KARPATHY_LAYOUT)
-    data = json.loads(karpathy_json.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "images" not in data:
-        raise BenchmarkLayoutError(name, karpathy_json, KARPATHY_LAYOUT, ['"images" key'])
-    ordered, captions = [], []
-    for img in data["images"]:
-        if img.get("split") != split:
-            continue
-        rel = str(Path(img.get("filepath", "")) / img["filename"])
-        ordered.append(rel)
-        captions.extend((rel, s["raw"].strip()) for s in img["sentences"])
-    if not ordered:
-        splits = sorted({img.get("split") for img in data["images"]}, key=str)
-        raise ValueError(f"{karpathy_json}: no images in split {split!r}; splits present: {splits}")
-    ordered, captions = _limit(ordered, captions, max_images)
-    meta = {"format": "karpathy", "captions_file": str(karpathy_json), "image_dir": str(image_root), "split": split}
-    return _build(name, image_root, ordered, captions, meta, KARPATHY_LAYOUT, check_images)
+    cfg = {"format": "karpathy", "captions": karpathy_json, "images": image_root, "split": split, "name": name,
+           "max_images": max_images}
+    return read_caption_config(cfg, check_images)
 
 
-def read_caption_csv(
-    captions_csv: str | Path,
-    image_dir: str | Path,
-    name: str = "flickr8k",
-    max_images: int | None = None,
-    check_images: bool = True,
-) -> CaptionBenchmark:
+def read_caption_csv(captions_csv, image_dir, name="flickr8k", max_images=None, check_images=True) -> CaptionBenchmark:
     """Flickr8k-style CSV (`image,caption` header; captions with commas are quoted)."""
-    captions_csv = Path(captions_csv)
-    require(name, captions_csv.parent, [captions_csv.name], CSV_LAYOUT)
-    require(name, image_dir, [], CSV_LAYOUT)
-    with captions_csv.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or [c.strip().lower() for c in rows[0][:2]] != ["image", "caption"]:
-        raise BenchmarkLayoutError(name, captions_csv, CSV_LAYOUT, ['header "image,caption"'])
-    ordered, seen, captions = [], set(), []
-    for row in rows[1:]:
-        if not row:
-            continue
-        img, caption = row[0].strip(), ",".join(row[1:]).strip()
-        if img not in seen:
-            seen.add(img)
-            ordered.append(img)
-        captions.append((img, caption))
-    ordered, captions = _limit(ordered, captions, max_images)
-    meta = {"format": "caption_csv", "captions_file": str(captions_csv), "image_dir": str(image_dir)}
-    return _build(name, image_dir, ordered, captions, meta, CSV_LAYOUT, check_images)
+    cfg = {"format": "caption_csv", "captions": captions_csv, "images": image_dir, "name": name, "max_images": max_images}
+    return read_caption_config(cfg, check_images)
 
 
-CAPTION_FORMATS = ("caption_csv", "coco_json", "karpathy")
+def read_flickr8k_token(token_file, image_dir, name="flickr8k", max_images=None, check_images=True) -> CaptionBenchmark:
+    """Flickr8k's `Flickr8k.token.txt` (`<file>#<n><TAB><caption>`); malformed lines are skipped and counted."""
+    cfg = {"format": "flickr8k_token", "captions": token_file, "images": image_dir, "name": name, "max_images": max_images}
+    return read_caption_config(cfg, check_images)
+
+
+CAPTION_FORMATS = ("caption_csv", "flickr8k_token", "coco_json", "karpathy")
+_LAYOUTS = {"caption_csv": CSV_LAYOUT, "flickr8k_token": TOKEN_LAYOUT, "coco_json": COCO_LAYOUT, "karpathy": KARPATHY_LAYOUT}
 
 
 def read_caption_config(cfg: Mapping, check_images: bool = True) -> CaptionBenchmark:
-    """A caption file from its config mapping: `format` (caption_csv / coco_json / karpathy),
-    `captions`, `images`, optional `name`, `max_images`, `split` (karpathy) and `image_range: [start, stop]`,
-    which keeps that slice of the name-sorted images (e.g. Flickr8k's held-out [800, 1000))."""
+    """A caption file from its config mapping.
+
+    `format` (caption_csv / flickr8k_token / coco_json / karpathy), `captions` (the file), `images` (a folder
+    or a list of folders searched in order), optional `name`, `max_images` (the first N images after the
+    split), and the split: Karpathy files carry their own (`split`, default test); the other formats take
+    `split` + `split_files: {name: file of image names}` (or `split_file`) and `heldout_splits` (drop
+    captions equal to a caption of those splits' images). `image_range: [start, stop]` keeps a slice of the
+    name-sorted images, for a user's own file that has no official split.
+    """
     fmt, name, limit = cfg.get("format"), cfg.get("name"), cfg.get("max_images")
     if fmt not in CAPTION_FORMATS:
-        raise ValueError(f"{name or 'captions'}: unknown caption format {fmt!r}; expected one of {CAPTION_FORMATS}")
+        raise DataConfigError(f"{name or 'captions'}: unknown caption format {fmt!r}; expected one of {CAPTION_FORMATS}")
     missing = [key for key in ("captions", "images") if not cfg.get(key)]
     if missing:
-        raise ValueError(f"{name or fmt}: missing setting(s) {missing}")
-    captions, images = cfg["captions"], cfg["images"]
-    if fmt == "caption_csv":
-        bench = read_caption_csv(captions, images, name or "captions", limit, check_images)
-    elif fmt == "coco_json":
-        bench = read_coco_captions(captions, images, name or "coco", limit, check_images)
+        raise DataConfigError(f"{name or fmt}: missing setting(s) {missing}")
+    captions_file = Path(cfg["captions"]).expanduser()
+    meta = {"format": fmt, "captions_file": str(captions_file)}
+    if fmt == "karpathy":
+        if cfg.get("split_files") or cfg.get("split_file"):
+            raise DataConfigError(f"{name or fmt}: a Karpathy file carries its own split; set `split`, not split files")
+        split = cfg.get("split") or "test"
+        name = name or f"{captions_file.stem.removeprefix('dataset_')}-{split}"
+        ordered, captions, extra = parse_karpathy(captions_file, split, name)
+        meta["split"] = split
     else:
-        bench = read_karpathy(captions, images, cfg.get("split") or "test", name, limit, check_images)
+        name = name or ("coco" if fmt == "coco_json" else "captions")
+        parse = {"caption_csv": parse_caption_csv, "coco_json": parse_coco, "flickr8k_token": parse_flickr8k_token}[fmt]
+        ordered, captions, extra = parse(captions_file, name)
+    meta.update(extra)
+    has_split = fmt != "karpathy" and any(cfg.get(k) for k in ("split", "split_files", "split_file"))
+    if has_split:
+        captions, split_meta = select_split(name, captions, cfg)
+        meta.update(split_meta)
+        if not captions:
+            raise DataConfigError(f"{name}: no caption of {captions_file} describes an image of split {meta['split']!r} "
+                                  f"({meta['split_file']}); check `captions` and `split_files`")
+        kept = {img for img, _ in captions}
+        ordered = [img for img in ordered if img in kept]
+    bench = _build(name, cfg["images"], ordered, captions, meta, _LAYOUTS[fmt], check_images, limit, drop_missing=has_split)
     return select_image_range(bench, cfg.get("image_range"))
 
 
@@ -205,8 +188,8 @@ def select_image_range(bench: CaptionBenchmark, image_range) -> CaptionBenchmark
     if image_range is None:
         return bench
     if len(image_range) != 2:
-        raise ValueError(f"{bench.name}: image_range must be [start, stop], got {list(image_range)}")
+        raise DataConfigError(f"{bench.name}: image_range must be [start, stop], got {list(image_range)}")
     bench = bench.image_range(*image_range)
     if not bench.images:
-        raise ValueError(f"{bench.name}: image_range {list(image_range)} selects no image")
+        raise DataConfigError(f"{bench.name}: image_range {list(image_range)} selects no image")
     return bench
