@@ -1,0 +1,107 @@
+"""UniME stage 2's hard-negative NCE (arXiv 2504.17432): filter false negatives, keep the k hardest.
+
+For local query i (global positive index p = rank * B + i) and S = query @ all_targets^T over the
+GLOBAL batch of targets (gathered with gradient, in rank order):
+  1. false-negative filter: target j != p is dropped when S[i, j] > S[i, p] + beta (a "negative"
+     that beats the positive by more than beta is most likely another valid answer);
+  2. hard negatives: the k highest S[i, j] among the remaining j != p;
+  3. loss_i = cross-entropy of [S[i, p], S[i, n_1], ..., S[i, n_k]] / tau with the positive at 0.
+The selection (steps 1-2) runs under no_grad: it picks columns, the gradient flows through the picked
+similarities only. When fewer than k negatives remain (a small global batch, or many filtered), the
+missing columns are -inf logits, which add nothing to the softmax; `padded_fraction` reports it.
+Embeddings are expected L2-normalised (beta is on the cosine scale; UniME: beta 0.1, k 8, tau 0.02).
+
+Across devices the anchors stay local and every rank's targets are gathered with gradient
+(`gather_with_grad`), including this rank's own shard: UniME's released loss gathers without gradient
+and so drops the local shard's gradient; here the 2-process mean equals one process on the
+concatenated batch, loss and gradients (tests/losses/test_hard_negative.py). A pure function of the
+embeddings, so GradCache can wrap it (`lambda q, t: hard_negative_nce(q, t).loss`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from mmembed.errors import ConfigError
+from mmembed.losses.gather import gather_with_grad, rank_and_world
+
+
+class HardNegativeOutput(NamedTuple):
+    """The loss and, for logging, what the selection did on this rank's queries (detached).
+
+    hard_negatives: [B, k] global target indices of the picked negatives, hardest first; -1 = padding.
+    false_negative_fraction: share of local queries with at least one target filtered as a false negative.
+    mean_false_negatives: targets filtered per local query.
+    padded_fraction: share of local queries left with fewer than k negatives (padded with -inf logits).
+    num_candidates: global targets each query was compared with (the positive included).
+    """
+
+    loss: torch.Tensor
+    hard_negatives: torch.Tensor
+    false_negative_fraction: torch.Tensor
+    mean_false_negatives: torch.Tensor
+    padded_fraction: torch.Tensor
+    num_candidates: int
+
+
+def hard_negative_nce(
+    query: torch.Tensor,
+    target: torch.Tensor,
+    beta: float = 0.1,
+    k: int = 8,
+    tau: float = 0.02,
+    group=None,
+) -> HardNegativeOutput:
+    """Mean over local queries of the UniME stage-2 loss; query [B, D] and target [B, D] are local, row i paired.
+
+    Every rank must call it with the same B and run backward (the gather is a collective).
+    """
+    if tau <= 0:
+        raise ConfigError(f"hard-negative loss: tau must be > 0, got {tau}")
+    if k < 1:
+        raise ConfigError(f"hard-negative loss: k must be >= 1 hard negatives per query, got {k}")
+    if query.dim() != 2 or query.shape != target.shape:
+        raise ValueError(
+            f"query and target must both be [B, D] with row i paired, got {tuple(query.shape)} and {tuple(target.shape)}"
+        )
+    rank, _ = rank_and_world(group)
+    all_targets = gather_with_grad(target, group)
+    num_candidates = all_targets.shape[0]
+    # at least float32 so the beta comparison and the 1/tau scaling do not suffer bf16 rounding
+    scores = (query @ all_targets.T).to(torch.promote_types(query.dtype, torch.float32))
+    positive = torch.arange(query.shape[0], device=query.device) + rank * query.shape[0]
+    positive_score = scores.gather(1, positive[:, None])
+
+    with torch.no_grad():
+        is_positive = F.one_hot(positive, num_candidates).bool()
+        false_negative = (scores > positive_score + beta) & ~is_positive
+        eligible = ~false_negative & ~is_positive
+        picked_k = min(k, num_candidates)  # topk cannot pick more columns than exist
+        picked = scores.masked_fill(~eligible, float("-inf")).topk(picked_k, dim=1).indices
+        valid = eligible.gather(1, picked)
+        if k > num_candidates - 1:
+            warnings.warn(
+                f"hard-negative loss: k={k} but the global batch has only {num_candidates - 1} negatives "
+                "per query; the missing ones are padded (-inf logits)",
+                stacklevel=2,
+            )
+
+    negatives = scores.gather(1, picked).masked_fill(~valid, float("-inf"))
+    padding = negatives.new_full((negatives.shape[0], k - picked_k), float("-inf"))
+    logits = torch.cat([positive_score, negatives, padding], dim=1) / tau
+    loss = F.cross_entropy(logits, torch.zeros_like(positive))
+
+    hard_negatives = torch.cat([picked.masked_fill(~valid, -1), picked.new_full(padding.shape, -1)], dim=1)
+    filtered = false_negative.sum(dim=1).to(scores.dtype)
+    return HardNegativeOutput(
+        loss=loss,
+        hard_negatives=hard_negatives,
+        false_negative_fraction=(filtered > 0).to(scores.dtype).mean(),
+        mean_false_negatives=filtered.mean(),
+        padded_fraction=(hard_negatives < 0).any(dim=1).to(scores.dtype).mean(),
+        num_candidates=num_candidates,
+    )
