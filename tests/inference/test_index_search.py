@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
 
+from mmembed.errors import ConfigError, DataConfigError
 from mmembed.inference.cli import main
 from mmembed.inference.index import choose_backend, load_index, search, write_index
+from tests.conftest import REPO
 
 CAPTIONS = [
     "A black dog runs across a green field.",
@@ -19,6 +24,20 @@ CAPTIONS = [
     "",  # blank lines are skipped
     "An old man reads a newspaper on a bench.",
 ]
+
+
+def embed(model_dir, out, *overrides, run_dir=None):
+    """`python src/embed.py model.name_or_path=<model_dir> out=<out> ...`, in this process (Hydra compose
+    + the script's run()); returns its summary."""
+    spec = importlib.util.spec_from_file_location("embed_script", REPO / "src" / "embed.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("embed", [f"model.name_or_path={model_dir}", f"out={out}", "trainer.enable_progress_bar=false",
+                                *overrides], return_hydra_config=False)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir or out.parent / f"{out.name}-run")
+    return script.run(cfg)
 
 
 def run(capsys, name: str, *argv) -> tuple[int, str, str]:
@@ -33,9 +52,9 @@ def hits(stdout: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def image_index(tiny_dir, image_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("image_index")
-    assert main("embed", ["--model", str(tiny_dir), "--images", str(image_folder), "--out", str(out),
-                          "--batch-size", "2", "--overwrite"]) == 0
+    out = tmp_path_factory.mktemp("image_index") / "index"
+    summary = embed(tiny_dir, out, f"input.images={image_folder}", "batch_size=2")
+    assert (summary.inputs, summary.embedded, summary.new, summary.skipped) == (5, 5, 5, 0)
     return out
 
 
@@ -59,7 +78,7 @@ def test_image_index_files_and_exact_duplicate_query(image_index, image_folder, 
 
 
 def test_composed_query_and_table_output(image_index, image_folder, capsys):
-    path = sorted(image_folder.iterdir())[0]
+    path = min(image_folder.iterdir())
     code, out, _ = run(capsys, "search", "--index", image_index, "--image", path, "--edit", "make it red", "--k", 2)
     assert code == 0
     lines = out.strip().splitlines()
@@ -72,7 +91,7 @@ def text_index(tiny_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("text_index")
     (folder / "captions.txt").write_text("\n".join(CAPTIONS) + "\n")
     out = folder / "index"
-    assert main("embed", ["--model", str(tiny_dir), "--texts", str(folder / "captions.txt"), "--out", str(out)]) == 0
+    assert embed(tiny_dir, out, f"input.texts={folder / 'captions.txt'}").embedded == 4
     return out
 
 
@@ -101,6 +120,28 @@ def test_exact_and_faiss_backends_agree(text_index, capsys):
         assert a["score"] == pytest.approx(b["score"], abs=1e-5)
 
 
+def test_prebuilt_faiss_index_is_searched_and_dropped_when_not_asked_for(tiny_dir, text_index, tmp_path, capsys):
+    pytest.importorskip("faiss")
+    out = tmp_path / "ivf"
+    texts = f"input.texts={text_index.parent / 'captions.txt'}"
+    embed(tiny_dir, out, texts, "faiss.kind=ivf")
+    info = load_index(out).info["faiss"]
+    # 4 rows: nlist = min(n, 4*sqrt(n)) = 4 lists, nprobe = min(32, nlist) = 4: every list is scanned
+    assert (info["file"], info["kind"], info["options"], info["n"]) == ("faiss.index", "ivf", {"nlist": 4, "nprobe": 4}, 4)
+    assert (out / "faiss.index").is_file() and (out / "faiss.index.json").is_file()
+    for query in ("a dog on grass", CAPTIONS[2]):
+        found = {}
+        for backend in ("auto", "exact"):
+            code, stdout, _ = run(capsys, "search", "--index", out, "--text", query, "--k", 3, "--backend", backend,
+                                  "--json")
+            assert code == 0
+            found[backend] = hits(stdout)
+        assert [h["id"] for h in found["auto"]] == [h["id"] for h in found["exact"]]
+        assert [h["score"] for h in found["auto"]] == pytest.approx([h["score"] for h in found["exact"]], abs=1e-5)
+    embed(tiny_dir, out, texts)  # faiss.kind=null: the FAISS files would describe nothing asked for
+    assert "faiss" not in load_index(out).info and not (out / "faiss.index").exists()
+
+
 def test_exact_and_faiss_identical_topk_on_many_vectors():
     pytest.importorskip("faiss")
     g = torch.Generator().manual_seed(0)
@@ -123,23 +164,37 @@ def test_backend_choice_and_small_k_edges():
     assert scores.shape == (1, 3)
 
 
-def test_csv_column_and_user_errors(tiny_dir, tmp_path, capsys):
+def test_csv_column_rerun_reuses_and_user_errors(tiny_dir, tmp_path, capsys):
     csv_file = tmp_path / "pairs.csv"
     csv_file.write_text('image,caption\na.jpg,"A dog, running."\nb.jpg,A cat sleeps.\n')
     out = tmp_path / "csv_index"
-    code, _, _ = run(capsys, "embed", "--model", tiny_dir, "--csv", csv_file, "--column", "caption", "--out", out)
-    assert code == 0
+    assert embed(tiny_dir, out, f"input.csv={csv_file}", "input.column=caption").new == 2
     index = load_index(out)
     assert [r["text"] for r in index.metadata] == ["A dog, running.", "A cat sleeps."]
     assert index.metadata[0]["fields"]["image"] == "a.jpg"
-    code, _, err = run(capsys, "embed", "--model", tiny_dir, "--csv", csv_file, "--column", "caption", "--out", out)
-    assert code == 2 and "--overwrite" in err
-    code, _, err = run(capsys, "embed", "--model", tiny_dir, "--csv", csv_file, "--column", "text", "--out", tmp_path / "x")
-    assert code == 2 and "no column 'text'" in err and "caption" in err
+    # The same command again: every input is in a finished shard, nothing is embedded twice.
+    again = embed(tiny_dir, out, f"input.csv={csv_file}", "input.column=caption")
+    assert (again.new, again.embedded) == (0, 2)
+    assert torch.equal(load_index(out).vectors, index.vectors)
+    with pytest.raises(DataConfigError, match=r"no column 'text'.*caption"):
+        embed(tiny_dir, tmp_path / "x", f"input.csv={csv_file}", "input.column=text")
     code, _, err = run(capsys, "search", "--index", tmp_path, "--text", "x")
     assert code == 2 and "not an mmembed index" in err
     code, _, err = run(capsys, "search", "--index", out, "--image", tmp_path / "missing.png")
     assert code == 2 and "missing.png" in err
+
+
+def test_out_folder_of_other_settings_or_an_old_index_is_refused(tiny_dir, image_index, image_folder, tmp_path):
+    with pytest.raises(ConfigError, match=r"other settings \(kind differ.*overwrite=true"):
+        embed(tiny_dir, image_index, f"input.images={image_folder}", "kind=cir_target")
+    old = tmp_path / "old"
+    write_index(old, torch.eye(2), [{"id": 0}, {"id": 1}], {})
+    with pytest.raises(ConfigError, match="not built from shards; pass overwrite=true"):
+        embed(tiny_dir, old, f"input.images={image_folder}")
+    replaced = embed(tiny_dir, old, f"input.images={image_folder}", "overwrite=true")
+    assert replaced.embedded == 5 and len(load_index(old)) == 5
+    with pytest.raises(ConfigError, match="exactly one of input.images"):
+        embed(tiny_dir, tmp_path / "y", f"input.images={image_folder}", f"input.texts={tmp_path}")
 
 
 def test_write_index_checks_shapes(tmp_path):

@@ -1,22 +1,106 @@
-"""Command lines behind src/embed.py, src/search.py and src/export.py (argparse; see docs/inference.md)."""
+"""What the command lines read and run: the corpus behind src/embed.py (Hydra; see conf/embed.yaml),
+and src/search.py and src/export.py (argparse). See docs/inference.md."""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
+import codecs
+import csv as csv_module
+import io
 import json
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+from mmembed.data.images import IMAGE_EXTENSIONS, is_image_file
+from mmembed.errors import ConfigError, DataConfigError, MMEmbedError
+
 
 
 class UsageError(ValueError):
     """Bad command-line input; reported without a traceback."""
 
 
+# ---- the corpus src/embed.py embeds ----
+@dataclass
+class Corpus:
+    """The inputs of one embedding run, in a fixed order; rows[i] describes items[i] (no ids: those are positions)."""
+
+    modality: str  # "image" or "text"
+    items: list[str]  # image paths or texts
+    rows: list[dict]  # {"path"} | {"line", "text"} | {"row", "text", "fields"}
+    source: str
+
+
+def read_corpus(
+    images: str | None = None,
+    texts: str | None = None,
+    csv: str | None = None,
+    column: str = "caption",
+    delimiter: str = ",",
+    encoding: str = "utf-8",
+) -> Corpus:
+    """The corpus named by exactly one of `input.images` (a folder), `input.texts` (one text per line) or
+    `input.csv` (a CSV with a header row; embeds `column`). Image files are listed here, decoded later."""
+    given = [name for name, value in (("images", images), ("texts", texts), ("csv", csv)) if value]
+    if len(given) != 1:
+        raise ConfigError(
+            f"set exactly one of input.images=FOLDER, input.texts=FILE or input.csv=FILE (got {given or 'none'})"
+        )
+    if images:
+        folder = Path(images)
+        if not folder.is_dir():
+            raise DataConfigError(f"input.images={folder} is not a folder")
+        paths = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+        if not paths:
+            raise DataConfigError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under input.images={folder}")
+        return Corpus("image", [str(p) for p in paths], [{"path": str(p.resolve())} for p in paths], str(folder.resolve()))
+    path = Path(texts or csv)
+    setting = "input.texts" if texts else "input.csv"
+    if not path.is_file():
+        raise DataConfigError(f"{setting}={path}: no such file")
+    if texts:
+        # One text per line (\n, \r\n or \r end a line); blank lines are skipped but keep their numbers.
+        content = _decode(path, encoding, setting, newline=None)
+        lines = [(n, line) for n, line in enumerate(content.split("\n"), 1) if line.strip()]
+        rows = [{"line": n, "text": line} for n, line in lines]
+        return Corpus("text", [line for _, line in lines], rows, str(path.resolve()))
+    delimiter = "\t" if delimiter in ("\\t", "tab") else delimiter
+    content = _decode(path, encoding, setting, newline="")  # the csv module handles line ends itself
+    reader = csv_module.DictReader(io.StringIO(content, newline=""), delimiter=delimiter)
+    if column not in (reader.fieldnames or []):
+        raise DataConfigError(f"{path} has no column {column!r} (input.column); columns: {reader.fieldnames}")
+    table = list(reader)
+    rows = [{"row": n, "text": r[column] or "", "fields": r} for n, r in enumerate(table)]
+    return Corpus("text", [row["text"] for row in rows], rows, str(path.resolve()))
+
+
+def _decode(path: Path, encoding: str, setting: str, newline: str | None) -> str:
+    """The file's text. Not UTF-8 (the default) -> one error naming the file and the first bad byte."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError as err:
+        raise ConfigError(f"input.encoding={encoding!r} is not an encoding Python knows (e.g. utf-8, latin-1, cp1252)") from err
+    if codecs.lookup(encoding).name == "utf-8":
+        from mmembed.data.text_pairs import first_invalid_utf8
+
+        bad = first_invalid_utf8(path)
+        if bad is not None:
+            raise DataConfigError(
+                f"{setting}={path} is not valid UTF-8: byte offset {bad[0]} (line {bad[1]}); re-save it as UTF-8, "
+                "or name its encoding with input.encoding=... (e.g. latin-1, cp1252)"
+            )
+        encoding = "utf-8-sig"  # a leading byte-order mark is not part of the first text
+    try:
+        with open(path, encoding=encoding, newline=newline) as f:
+            return f.read()
+    except UnicodeDecodeError as err:
+        raise DataConfigError(
+            f"{setting}={path} is not valid {encoding}: byte offset {err.start} ({err.reason}); fix input.encoding"
+        ) from err
+
+
+# ---- search and export (argparse) ----
 def _model_args(parser: argparse.ArgumentParser, default: str | None = "default") -> None:
     parser.add_argument("--model", default=default, help="'default', a hub id or a model folder")
     parser.add_argument("--adapter", help="a LoRA adapter folder (e.g. <run>/adapters/last)")
@@ -26,93 +110,14 @@ def _model_args(parser: argparse.ArgumentParser, default: str | None = "default"
 
 def _run(main, argv) -> int:
     from mmembed.data.benchmarks.images import UnreadableImageError
-    from mmembed.inference.index import IndexFormatError
-    from mmembed.models.backbones import BackboneLoadError
 
-    errors = (UsageError, UnreadableImageError, IndexFormatError, BackboneLoadError, FileNotFoundError, FileExistsError)
+    errors = (MMEmbedError, UsageError, UnreadableImageError, FileNotFoundError, FileExistsError)
     try:
         main(argv)
     except errors as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-# ---- embed ----
-def read_items(args) -> tuple[str, list, list[dict], str]:
-    """(modality, items to encode, metadata rows, source description) from --images/--texts/--csv."""
-    if args.images:
-        folder = Path(args.images)
-        if not folder.is_dir():
-            raise UsageError(f"--images {folder} is not a folder")
-        paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
-            raise UsageError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
-        meta = [{"id": i, "path": str(p.resolve())} for i, p in enumerate(paths)]
-        return "images", [str(p) for p in paths], meta, str(folder.resolve())
-    if args.texts:
-        lines = Path(args.texts).read_text(encoding="utf-8").splitlines()
-        rows = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
-        meta = [{"id": i, "line": n, "text": line} for i, (n, line) in enumerate(rows)]
-        return "texts", [line for _, line in rows], meta, str(Path(args.texts).resolve())
-    with open(args.csv, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=args.delimiter)
-        if args.column not in (reader.fieldnames or []):
-            raise UsageError(f"{args.csv} has no column {args.column!r}; columns: {reader.fieldnames}")
-        table = list(reader)
-    meta = [{"id": i, "row": n, "text": r[args.column], "fields": r} for i, (n, r) in enumerate(enumerate(table))]
-    return "texts", [r[args.column] for r in table], meta, str(Path(args.csv).resolve())
-
-
-def embed_main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="embed.py", description="Embed a folder of images or a list of texts into an index.")
-    _model_args(parser)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--images", help="a folder of images (searched recursively)")
-    source.add_argument("--texts", help="a text file, one text per line (blank lines skipped)")
-    source.add_argument("--csv", help="a CSV file; embeds --column")
-    parser.add_argument("--column", default="caption", help="CSV column to embed (default: caption)")
-    parser.add_argument("--delimiter", default=",", help="CSV delimiter (default ','; '\\t' for TSV)")
-    parser.add_argument("--kind", help="prompt kind (default: text / image; e.g. cir_target for CIR candidates)")
-    parser.add_argument("--out", required=True, help="index folder to write")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    args.delimiter = "\t" if args.delimiter in ("\\t", "tab") else args.delimiter
-    from mmembed.inference.embedder import Embedder
-    from mmembed.inference.index import INFO, write_index
-
-    out = Path(args.out)
-    if (out / INFO).exists() and not args.overwrite:
-        raise UsageError(f"{out} already holds an index; pass --overwrite to replace it")
-    modality, items, meta, source_desc = read_items(args)
-    embedder = Embedder.from_pretrained(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
-    start = time.perf_counter()
-    vectors = embedder.encode(
-        **{modality: items}, batch_size=args.batch_size, progress=not args.no_progress, kind=args.kind
-    )
-    seconds = time.perf_counter() - start
-    kind = args.kind or ("text" if modality == "texts" else "image")
-    info = {
-        "model": args.model,
-        "model_path": embedder.backbone.name_or_path,
-        "adapter": str(Path(args.adapter).resolve()) if args.adapter else None,
-        "dtype": args.dtype,
-        "modality": modality[:-1],
-        "kind": kind,
-        "source": source_desc,
-        "prompt": embedder.embedder.renderer.render(kind, "<sent>"),
-        "prompts": embedder.rendered_prompts(),
-        "prompt_config": dataclasses.asdict(embedder.prompts),
-        "normalized": True,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_index(out, vectors, meta, info)
-    print(f"wrote {len(items)} x {vectors.shape[1]} vectors to {out} ({seconds:.1f} s, {len(items) / max(seconds, 1e-9):.1f}/s)")
-
-
-# ---- search ----
 def search_main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="search.py", description="Search an index with a text, an image, or image + edit.")
     parser.add_argument("--index", required=True)
@@ -144,7 +149,8 @@ def search_main(argv=None) -> None:
     else:
         query, desc = embedder.encode(images=[args.image]), args.image
     scores, ids = index.search(query, k=args.k, backend=args.backend)
-    hits = [(float(s), index.metadata[int(i)]) for s, i in zip(scores[0], ids[0])]
+    # An approximate FAISS index (ivf, hnsw) marks 'fewer than k found' with id -1.
+    hits = [(float(s), index.metadata[int(i)]) for s, i in zip(scores[0], ids[0]) if int(i) >= 0]
     if args.json:
         for rank, (score, row) in enumerate(hits, 1):
             print(json.dumps({"rank": rank, "score": round(score, 6), **row}, ensure_ascii=False))
@@ -170,4 +176,4 @@ def export_main(argv=None) -> None:
 
 
 def main(name: str, argv=None) -> int:
-    return _run({"embed": embed_main, "search": search_main, "export": export_main}[name], argv)
+    return _run({"search": search_main, "export": export_main}[name], argv)

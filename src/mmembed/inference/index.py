@@ -4,26 +4,32 @@ An index folder holds:
 - `vectors.safetensors`: one float32 tensor "embeddings" [N, D], L2-normalised;
 - `metadata.jsonl`: line i describes row i (`{"id": i, "path": ...}` or `{"id": i, "text": ...}`, ...);
 - `index.json`: how the vectors were made (model, adapter, prompt config and rendered prompts, kind,
-  dim, count), so a query is embedded the same way.
+  dim, count), so a query is embedded the same way;
+- optionally `faiss.index` (+ `faiss.index.json`): a FAISS flat / IVF / HNSW index over the same rows
+  (`mmembed.inference.faiss_index`), recorded in index.json as "faiss"; search uses it, memory-mapped.
+src/embed.py writes these files from its shards (see mmembed.inference.shards).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mmembed.errors import MMEmbedError
+
 FORMAT = "mmembed-index/1"
 VECTORS, METADATA, INFO = "vectors.safetensors", "metadata.jsonl", "index.json"
+FAISS_FILE = "faiss.index"
 BACKENDS = ("auto", "exact", "faiss")
 FAISS_MIN_ROWS = 100_000  # backend="auto" uses FAISS from this many rows on (when installed)
 
 
-class IndexFormatError(ValueError):
+class IndexFormatError(MMEmbedError, ValueError):
     """A folder is not a readable index, or a query does not fit it."""
 
 
@@ -32,16 +38,37 @@ class Index:
     vectors: torch.Tensor  # [N, D] float32
     metadata: list[dict]
     info: dict
+    folder: Path | None = None  # where a prebuilt FAISS index (info["faiss"]) lives
+    _faiss: object = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return self.vectors.shape[0]
 
     def search(self, queries, k: int = 5, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k rows by inner product (= cosine for normalised vectors): (scores [Q, k], ids [Q, k])."""
+        """Top-k rows by inner product (= cosine for normalised vectors): (scores [Q, k], ids [Q, k]).
+
+        With a prebuilt FAISS index, "auto" and "faiss" search it (IVF/HNSW are approximate and may
+        return id -1 where they find fewer than k rows); "exact" is always the matrix product."""
+        if self.folder is not None and self.info.get("faiss") and backend in ("auto", "faiss"):
+            return self._prebuilt_search(queries, k)
         return search(self.vectors, queries, k, backend)
 
+    def _prebuilt_search(self, queries, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from mmembed.inference import faiss_index
 
-def write_index(out_dir: str | Path, vectors, metadata: Sequence[dict], info: dict) -> Path:
+        if self._faiss is None:
+            self._faiss = faiss_index.read_index(self.folder / self.info["faiss"]["file"], mmap=True,
+                                                 expected_n=len(self), expected_d=self.vectors.shape[1])
+        queries = torch.as_tensor(queries, dtype=torch.float32)
+        if queries.shape[-1] != self.vectors.shape[-1]:
+            raise IndexFormatError(f"queries have dimension {queries.shape[-1]}, the index {self.vectors.shape[-1]}")
+        scores, ids = faiss_index.search(self._faiss, queries.numpy(), k)
+        return torch.from_numpy(scores), torch.from_numpy(ids).long()
+
+
+def write_index(out_dir: str | Path, vectors, metadata: Sequence[dict], info: dict, faiss_kind: str | None = None,
+                faiss_options: dict | None = None) -> Path:
+    """Write the index files; with `faiss_kind` ("flat", "ivf", "hnsw") also a FAISS index of the same rows."""
     from safetensors.torch import save_file
 
     vectors = torch.as_tensor(vectors, dtype=torch.float32).contiguous()
@@ -51,9 +78,17 @@ def write_index(out_dir: str | Path, vectors, metadata: Sequence[dict], info: di
     out.mkdir(parents=True, exist_ok=True)
     save_file({"embeddings": vectors}, str(out / VECTORS))
     with open(out / METADATA, "w", encoding="utf-8") as f:
-        for row in metadata:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in metadata)
     info = {"format": FORMAT, **info, "dim": int(vectors.shape[1]), "count": int(vectors.shape[0])}
+    prebuilt = out / FAISS_FILE
+    for stale in (prebuilt, Path(f"{prebuilt}.json")):  # it described earlier vectors
+        stale.unlink(missing_ok=True)
+    if faiss_kind and len(vectors):
+        from mmembed.inference import faiss_index
+
+        built = faiss_index.build_index(vectors.numpy(), faiss_kind, **(faiss_options or {}))
+        faiss_index.write_index(built, prebuilt)
+        info["faiss"] = {"file": FAISS_FILE, **faiss_index.describe_index(built)}
     (out / INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     return out
 
@@ -71,7 +106,7 @@ def load_index(index_dir: str | Path) -> Index:
         metadata = [json.loads(line) for line in f if line.strip()]
     if len(metadata) != vectors.shape[0] or info.get("count", len(metadata)) != len(metadata):
         raise IndexFormatError(f"{folder}: {vectors.shape[0]} vectors, {len(metadata)} metadata rows, count {info.get('count')}")
-    return Index(vectors, metadata, info)
+    return Index(vectors, metadata, info, folder)
 
 
 def choose_backend(rows: int, backend: str = "auto", faiss_min_rows: int = FAISS_MIN_ROWS) -> str:
