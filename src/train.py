@@ -15,13 +15,15 @@ log = logging.getLogger("mmembed.train")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from mmembed.pipeline import USER_ERRORS, quiet_library_logging, run_training
+    from mmembed.errors import MMEmbedError
+    from mmembed.run.hparams import quiet_library_logging
+    from mmembed.run.training import run_training
 
     quiet_library_logging()
 
     try:
         summary = run_training(cfg)
-    except USER_ERRORS as err:
+    except MMEmbedError as err:  # a setting or file to fix: one line. Anything else keeps its traceback.
         log.error("%s: %s", type(err).__name__, err)
         sys.exit(2)
     # The value Hydra sweepers optimise (see conf/hparams_search).

@@ -33,7 +33,24 @@ def default_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_smol_llava_dir(default_model_dir, tmp_path_factory) -> Path:
+def tiny_smol_llava_dir(smol_tokenizer_dir, tmp_path_factory) -> Path:
     from tests.tiny_models import build_tiny_smol_llava
 
-    return build_tiny_smol_llava(default_model_dir, tmp_path_factory.mktemp("tiny_smol_llava"))
+    return build_tiny_smol_llava(smol_tokenizer_dir, tmp_path_factory.mktemp("tiny_smol_llava"))
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_dir(tmp_path_factory) -> Path:
+    """The default model's tokenizer and processor only (no weights): read from the packaged GGUF's
+    metadata exactly as the default model's assembly does, in seconds, so tests that need the real
+    tokenizer do not assemble the 135M-parameter model."""
+    from transformers import AutoTokenizer
+
+    from mmembed.models.default_model import IMAGE_TOKEN, build_processor, gguf_location
+
+    folder, name = gguf_location()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    out = tmp_path_factory.mktemp("smol_tokenizer")
+    build_processor(tokenizer).save_pretrained(out)
+    return out

@@ -1,4 +1,7 @@
-"""Image-caption training data: the four layouts, the fixed Flickr8k split, and the two collators."""
+"""Image-caption training data: the layouts, `image_range` for a user's own data, and the two collators.
+
+The official Flickr8k split (split files, several image folders, the token file): test_official_split.py.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,6 @@ import torch
 from PIL import Image
 
 from mmembed.data.image_text import (
-    CaptionCollator,
-    ImageTextCollator,
     read_image_text_source,
     read_image_text_sources,
 )
@@ -26,6 +27,7 @@ def _images(folder: Path, names: list[str]) -> Path:
 
 
 def test_caption_csv_image_range_slices_the_name_sorted_images(tmp_path):
+    """`image_range` stays for a user's own caption file with no official split (no config of ours uses it)."""
     _images(tmp_path / "img", ["c.jpg", "a.jpg", "b.jpg"])
     (tmp_path / "caps.txt").write_text("image,caption\nc.jpg,C one\na.jpg,A one\nb.jpg,\"B, with comma\"\na.jpg,A two\n")
     src = {"format": "caption_csv", "captions": str(tmp_path / "caps.txt"), "images": str(tmp_path / "img")}
@@ -33,8 +35,31 @@ def test_caption_csv_image_range_slices_the_name_sorted_images(tmp_path):
     assert [(Path(p.image).name, p.text) for p in first_two] == [("a.jpg", "A one"), ("b.jpg", "B, with comma"), ("a.jpg", "A two")]
     last = read_image_text_source({**src, "image_range": [2, 3]})
     assert [(Path(p.image).name, p.text) for p in last] == [("c.jpg", "C one")]
-    with pytest.raises(ValueError, match="selects no image"):
+    with pytest.raises(DataConfigError, match="selects no image"):
         read_image_text_source({**src, "image_range": [5, 9]})
+
+
+def test_pairs_file_takes_the_split_by_file_name(tmp_path):
+    (tmp_path / "train.txt").write_text("a.jpg\nc.jpg\n")
+    (tmp_path / "test.txt").write_text("b.jpg\n")
+    (tmp_path / "pairs.csv").write_text("image,text\nx/a.jpg,an a\nx/b.jpg,a b\ny/c.jpg,a c\nx/d.jpg,a d\n")
+    src = {"format": "pairs", "file": str(tmp_path / "pairs.csv"), "split": "train",
+           "split_files": {"train": str(tmp_path / "train.txt"), "test": str(tmp_path / "test.txt")}}
+    assert [(p.image, p.text) for p in read_image_text_source(src)] == [
+        (str(tmp_path / "x/a.jpg"), "an a"), (str(tmp_path / "y/c.jpg"), "a c")]
+    assert [p.text for p in read_image_text_source({**src, "split": "test"})] == ["a b"]
+
+
+def test_source_paths_lists_every_folder_and_split_file():
+    from omegaconf import OmegaConf
+
+    from mmembed.data.image_text import source_paths
+
+    source = OmegaConf.create({"format": "flickr8k_token", "captions": "/d/tok.txt", "images": ["/d/a", "~/b"],
+                               "split": "train", "split_files": {"train": "/d/tr.txt", "test": "/d/te.txt"}})
+    assert source_paths(source) == [("captions", Path("/d/tok.txt")), ("images", Path("/d/a")),
+                                    ("images", Path("~/b").expanduser()), ("split_files.train", Path("/d/tr.txt")),
+                                    ("split_files.test", Path("/d/te.txt"))]
 
 
 def test_coco_json_pairs_file_and_imagefolder_layouts(tmp_path):
@@ -77,80 +102,61 @@ def test_bad_source_settings_name_the_problem(tmp_path):
         read_image_text_sources([])
 
 
-def test_flickr8k_split_is_800_train_200_test_and_disjoint(data_root):
-    src = {"format": "caption_csv", "captions": str(data_root / "flickr8k/captions_1000imgs.txt"),
-           "images": str(data_root / "flickr8k/images")}
-    train = {p.image for p in read_image_text_source({**src, "image_range": [0, 800]})}
-    test = {p.image for p in read_image_text_source({**src, "image_range": [800, 1000]})}
-    assert len(train) == 800 and len(test) == 200 and not train & test
-    assert max(Path(p).name for p in train) < min(Path(p).name for p in test)  # split by sorted file name
-
-
-def test_no_training_config_sees_a_test_image(data_root, tmp_path):
-    """Every image-text training source (align and image_text arms) is disjoint from the held-out
-    evaluation images (Flickr8k test retrieval and the modality-gap pairs)."""
-    from mmembed.data.benchmarks.captions import read_caption_config
-    from mmembed.pipeline import benchmark_list
-    from tests.pipeline.helpers import compose_train
-
-    held_out = set()
-    cfg = compose_train(["hparams_search=modality_ablation", "experiment=image_text"], tmp_path)
-    for bench in benchmark_list(cfg.evaluation):
-        if bench["task"] == "retrieval":
-            held_out |= {str(p) for p in read_caption_config(bench).images}
-    held_out |= {str(p) for p in read_caption_config(dict(cfg.evaluation.modality_gap)).images}
-    assert len(held_out) == 200
-    for experiment in ("align", "image_text"):
-        cfg = compose_train([f"experiment={experiment}"], tmp_path)
-        from omegaconf import OmegaConf
-
-        sources = OmegaConf.to_container(cfg.data.sources, resolve=True)
-        train = {p.image for p in read_image_text_sources(sources)}
-        assert len(train) == 880, experiment  # 800 Flickr8k train + 80 COCO
-        assert not train & held_out, experiment
-
-
 class _FakeFeaturizer:
+    """Records what each objective featurises; 'tokens' are characters."""
+
     def __init__(self):
-        self.calls = []
+        self.texts, self.images = [], []
 
-    def __call__(self, *args):
-        self.calls.append(args)
-        return {"n": len(args[0])}
+    def truncate(self, texts, max_tokens):
+        return [t.upper() for t in texts]
+
+    def featurize_text(self, texts):
+        self.texts.append(list(texts))
+        return {"n": len(texts)}
+
+    def featurize_images(self, images, texts=None, kind="image", category=None):
+        self.images.append(list(images))
+        return {"n": len(images)}
 
 
-def test_image_text_collator_drops_repeated_images_and_skips_unreadable(tmp_path):
+def test_image_text_rows_mask_repeated_and_unreadable_images(tmp_path):
+    from mmembed.data.collate import ImageTextRows, ObjectiveCollator
+    from mmembed.objectives import ImageTextInfoNCE
+
     _images(tmp_path, ["a.jpg", "b.jpg"])
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     rows = [{"image": str(tmp_path / "a.jpg"), "text": "a one"}, {"image": str(tmp_path / "broken.jpg"), "text": "x"},
             {"image": str(tmp_path / "a.jpg"), "text": "a two"}, {"image": str(tmp_path / "b.jpg"), "text": "b one"}]
-    text_f, image_f = _FakeFeaturizer(), _FakeFeaturizer()
-    batch = ImageTextCollator(text_f, image_f, truncate=lambda t: [s.upper() for s in t])(rows)
-    assert batch["batch_size"] == 2 and batch["skipped"] == 1 and batch["truncated"] == 2
-    assert text_f.calls == [(["A ONE", "B ONE"],)]
-    assert [img.size for img in image_f.calls[0][0]] == [(8, 8), (8, 8)]
+    featurizer = _FakeFeaturizer()
+    collate = ObjectiveCollator(ImageTextRows(featurizer, 32), ImageTextInfoNCE(), featurizer)
+    batch = collate(rows)
+    # every row stays (equal shapes on every rank); the unreadable and the repeated image are masked out
+    assert batch["batch_size"] == 4 and batch["skipped"] == 1 and batch["truncated"] == 4
+    assert batch["features"]["valid"].tolist() == [True, False, False, True]
+    assert featurizer.texts == [["A ONE", "X", "A TWO", "B ONE"]]
+    assert [img.size for img in featurizer.images[0]] == [(8, 8), (32, 32), (8, 8), (8, 8)]  # a placeholder
     with pytest.raises(BadImageError, match="broken.jpg"):
-        ImageTextCollator(text_f, image_f, truncate=list, on_error="raise")(rows)
+        ObjectiveCollator(ImageTextRows(featurizer, 32, on_error="raise"), ImageTextInfoNCE(), featurizer)(rows)
     with pytest.raises(DataConfigError, match="no image of this batch"):
-        ImageTextCollator(text_f, image_f, truncate=list)(rows[1:2])
+        collate(rows[1:2])
 
 
-def test_caption_collator_labels_only_the_caption(default_model_dir):
+def test_caption_inputs_label_only_the_caption(default_model_dir):
     from mmembed.models.backbones import load_backbone
-    from mmembed.models.captioning import CaptionFeaturizer
-    from mmembed.models.prompts import PromptConfig, PromptRenderer
+    from mmembed.models.embedder import MLLMEmbedder
+    from mmembed.models.prompts import PromptConfig
+    from mmembed.objectives import Captioning
 
     bb = load_backbone(str(default_model_dir))
-    featurize = CaptionFeaturizer(bb, PromptRenderer(PromptConfig(system=""), bb.tokenizer, bb.image_token))
-    assert featurize.prompt() == (
+    featurizer = MLLMEmbedder(bb, PromptConfig(system="")).featurizer
+    assert featurizer.renderer.user_turn("<image>\nDescribe the image in one sentence.") == (
         "<|im_start|>system\n<|im_end|>\n<|im_start|>user\n<image>\nDescribe the image in one sentence.<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
     images = [Image.new("RGB", (40, 30), "red"), Image.new("RGB", (30, 40), "blue")]
-    batch = CaptionCollator(featurize, truncate=list)(
-        [{"image": images[0], "text": "A red square on a table ."}, {"image": images[1], "text": "Two dogs"}]
-    )
-    inputs = batch["inputs"]
+    inputs = Captioning().features(featurizer, [{"image": images[0], "image_key": "r", "text": "A red square on a table ."},
+                                                {"image": images[1], "image_key": "b", "text": "Two dogs"}])
     assert inputs["pixel_values"].shape == (2, 3, 224, 224)
     for row, caption in enumerate(["A red square on a table .", "Two dogs"]):
         labels, mask = inputs["labels"][row], inputs["attention_mask"][row]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mmembed.data.text_pairs import DataConfigError, TextPairCollator, load_text_pairs
+from mmembed.data.text_pairs import DataConfigError, load_text_pairs
+from mmembed.objectives import TextPairInfoNCE
+from tests.data.fake_featurizer import CharFeaturizer, text_pair_collator
 
 
 def write(path, text):
@@ -48,13 +50,19 @@ def test_empty_texts_skipped_or_raised(tmp_path):
 
 
 def test_collator_groups_and_truncates():
-    seen = []
-    collate = TextPairCollator(lambda texts: seen.append(list(texts)) or {"n": len(texts)}, lambda t: [x[:3] for x in t])
+    collate, featurizer = text_pair_collator(max_tokens=3)
     out = collate([{"sent0": "aaaa", "sent1": "bbbb", "hard_neg": "cccc"}, {"sent0": "dddd", "sent1": "e", "hard_neg": "f"}])
-    assert out["batch_size"] == 2 and out["groups"] == 3
-    assert seen == [["aaa", "ddd", "bbb", "e", "ccc", "f"]]
-    no_neg = TextPairCollator(lambda texts: {"n": len(texts)}, list, use_hard_negatives=False)
-    assert no_neg([{"sent0": "a", "sent1": "b", "hard_neg": "c"}])["groups"] == 2
+    assert out["batch_size"] == 2 and out["features"]["sizes"] == [2, 2, 2] and out["truncated"] == 4
+    assert featurizer.calls == [["aaa", "ddd", "bbb", "e", "ccc", "f"]]
+    no_neg, _ = text_pair_collator(use_hard_negatives=False)
+    assert no_neg([{"sent0": "a", "sent1": "b", "hard_neg": "c"}])["features"]["sizes"] == [1, 1]
+
+
+def test_rows_without_a_hard_negative_get_a_masked_placeholder():
+    collate, featurizer = text_pair_collator()
+    out = collate([{"sent0": "a", "sent1": "b", "hard_neg": "c"}, {"sent0": "d", "sent1": "e", "hard_neg": None}])
+    assert featurizer.calls == [["a", "d", "b", "e", "c", "e"]]  # the placeholder is the row's positive
+    assert out["features"]["hard_negative_valid"].tolist() == [True, False]
 
 
 def test_seeded_shuffling_is_reproducible(tmp_path):
@@ -64,9 +72,10 @@ def test_seeded_shuffling_is_reproducible(tmp_path):
     f = write(tmp_path / "t.csv", "sent0,sent1,hard_neg\n" + rows)
 
     def order(seed):
-        dm = TextPairDataModule(f, featurize=lambda t: list(t), tokenizer=None, batch_size=8, max_text_tokens=None, shuffle_seed=seed)
+        dm = TextPairDataModule(f, featurizer=CharFeaturizer(), objective=TextPairInfoNCE(), batch_size=8,
+                                max_text_tokens=None, shuffle_seed=seed)
         dm.setup("fit")
-        return [b["inputs"][:8] for b in dm.train_dataloader()]
+        return [b["features"]["inputs"][:8] for b in dm.train_dataloader()]
 
     assert order(1) == order(1)
     assert order(1) != order(2)

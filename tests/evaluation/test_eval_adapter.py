@@ -21,7 +21,7 @@ def _cfg(model_dir, adapter, merge):
 def test_adapter_changes_embeddings_same_merged_or_not(tiny_smol_llava_dir, tmp_path):
     from mmembed.models.backbones import load_backbone
     from mmembed.models.lora import apply_lora
-    from mmembed.pipeline import build_embedder
+    from tests.pipeline.helpers import build_embedder
 
     peft_model = apply_lora(load_backbone(str(tiny_smol_llava_dir)).model, r=4, alpha=8, dropout=0.0)
     torch.manual_seed(0)

@@ -50,7 +50,7 @@ def _fake_job(folder, arm, seed, stsb, r1, sec_per_step, vision):
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(f"- experiment={arm}\n- seed={seed}\n")
     metrics = {"eval/sts12/spearman": 50.0, "eval/stsb/spearman": stsb, "eval/sickr/spearman": 60.0,
-               "eval/flickr8k_test/t2i_R@1": r1, "gap/centroid_distance_after": 0.5}
+               "eval/flickr8k_1k_test/t2i_R@1": r1, "gap/centroid_distance_after": 0.5}
     summary = {"wall_time_s": 100.0 * sec_per_step, "evaluation": {"metrics": metrics},
                "cost": {"sec_per_step": sec_per_step, "samples_per_sec": 16 / sec_per_step, "steps": 40,
                         "peak_rss_during_training_mb": 1000.0, "vision_tower_in_memory": vision}}

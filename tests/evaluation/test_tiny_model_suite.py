@@ -35,13 +35,18 @@ def test_tiny_model_cirr_i2i_and_sts(tiny_embedder, data_root, tmp_path):
     ]
     res = evaluate_suite(tiny_embedder, benchmarks, tmp_path / "out", batch_size=16, model="tiny", progress=False)
     s = res["benchmarks"]["toy_sts"]
-    assert s["protocol"]["pairs"] == 3 and -100 <= s["metrics"]["spearman"] <= 100
+    assert s["protocol"]["pairs"] == 3
+    assert s["metrics"]["spearman"] == pytest.approx(_brute_force_spearman(
+        tiny_embedder, ["A man plays.", "A cat.", "Rain."], ["A man is playing.", "Stocks fell.", "It rains."],
+        [4.5, 0.2, 4.0]), abs=1e-6)
     rendered = s["protocol"]["prompts"]["text"]["rendered_example"]
     assert "A man plays.\nSummary above sentence in one word: " in rendered and "<|im_start|>user" in rendered
     c = res["benchmarks"]["cirr_local"]
     assert c["protocol"]["queries"] == 12 and c["protocol"]["candidates"] == 13
     assert set(c["metrics"]) == {"R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3", "Avg"}
-    assert c["metrics"]["R@50"] == 100.0  # 12 candidates left per query
+    # 12 candidates are left per query (13 images minus the reference): a recall at 50 of anything else
+    # would mean a query lost its target
+    assert c["metrics"]["R@50"] == 100.0 and c["metrics"]["R@1"] <= c["metrics"]["R@5"] <= c["metrics"]["R@10"]
     assert c["protocol"]["chance"]["R@1"] == pytest.approx(100 / 12, abs=1e-3)
     r = res["benchmarks"]["coco_i2i"]
     assert r["protocol"]["images"] == 3 and r["protocol"]["captions"] == 15 and "text" not in r["protocol"]["prompts"]
@@ -61,7 +66,10 @@ def test_tiny_model_text_only_sts(tiny_embedder, tmp_path):
     res = evaluate_suite(tiny_embedder, [{"name": "b", "task": "sts", "format": "stsb", "path": str(tmp_path)}],
                          tmp_path / "out", model="tiny", progress=False)
     entry = res["benchmarks"]["b"]
-    assert entry["protocol"]["pairs"] == 3 and -100 <= entry["metrics"]["spearman"] <= 100
+    assert entry["protocol"]["pairs"] == 3
+    assert entry["metrics"]["spearman"] == pytest.approx(_brute_force_spearman(
+        tiny_embedder, ["A man plays.", "A cat.", "Rain."], ["A man is playing.", "Stocks fell.", "It rains."],
+        [4.5, 0.2, 4.0]), abs=1e-6)
     assert "<|im_start|>user\nA man plays.\nSummary above sentence in one word: " in (
         entry["protocol"]["prompts"]["text"]["rendered_example"]
     )
@@ -75,6 +83,24 @@ def test_tiny_model_real_sts12(tiny_embedder, data_root, tmp_path):
            "path": str(data_root / "sts/senteval_processed/STS12-en-test")}
     res = evaluate_suite(tiny_embedder, [cfg], tmp_path, batch_size=64, model="tiny", progress=False)
     sts = res["benchmarks"]["sts12"]
-    assert sts["protocol"]["pairs"] == 3108 and -100 <= sts["metrics"]["spearman"] <= 100
+    assert sts["protocol"]["pairs"] == 3108
+    from mmembed.data.benchmarks.sts import read_sts12_16
+
+    subsets = read_sts12_16(cfg["path"])  # "all": one Spearman over every subset's pairs
+    first, second, gold = ([x for pairs in subsets for x in getattr(pairs, field)]
+                           for field in ("sentences1", "sentences2", "scores"))
+    assert sts["metrics"]["spearman"] == pytest.approx(_brute_force_spearman(tiny_embedder, first, second, gold),
+                                                       abs=1e-4)
     subsets = {"MSRpar", "MSRvid", "SMTeuroparl", "surprise.OnWN", "surprise.SMTnews"}
     assert set(sts["metrics"]) == {"spearman"} | subsets
+
+
+def _brute_force_spearman(embedder, first, second, gold) -> float:
+    """Spearman x 100 of the cosine similarities, computed here with scipy from the embedder's vectors."""
+    import torch
+    from scipy.stats import spearmanr
+
+    with torch.no_grad():
+        a = torch.cat([embedder.encode_text(list(first[i : i + 64])) for i in range(0, len(first), 64)])
+        b = torch.cat([embedder.encode_text(list(second[i : i + 64])) for i in range(0, len(second), 64)])
+    return 100 * spearmanr((a * b).sum(-1).double().numpy(), list(gold)).statistic

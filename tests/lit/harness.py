@@ -20,13 +20,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from mmembed.data.text_pairs import TextPairCollator
+from mmembed.data.collate import ObjectiveCollator, TextPairRows
 from mmembed.lit.module import EmbeddingLitModule
 from mmembed.lit.strategies import ddp_strategy, manual_optimization_split
 from mmembed.losses import split_batch
 from mmembed.models.backbones import load_backbone
 from mmembed.models.embedder import MLLMEmbedder
 from mmembed.models.lora import apply_lora
+from mmembed.objectives import TextPairInfoNCE
 
 SEQ_LEN = 64
 TRIPLETS = [
@@ -62,25 +63,34 @@ def make_embedder(model_dir, dropout: float = 0.0, r: int = 4, seed: int = 0) ->
     return MLLMEmbedder(backbone)
 
 
-def fixed_length(embedder: MLLMEmbedder):
-    """featurize_text, left-padded to SEQ_LEN: identical rows however the batch is split."""
+class FixedLength:
+    """The embedder's featurizer, left-padded to SEQ_LEN: identical rows however the batch is split."""
 
-    def featurize(texts):
-        inputs = embedder.featurize_text(texts)
+    def __init__(self, featurizer):
+        self.featurizer = featurizer
+
+    def truncate(self, texts, max_tokens):
+        return list(texts)
+
+    def featurize_text(self, texts):
+        inputs = self.featurizer.featurize_text(texts)
         pad = SEQ_LEN - inputs["input_ids"].shape[1]
         assert pad >= 0, "raise SEQ_LEN"
-        pad_id = embedder.backbone.tokenizer.pad_token_id
+        pad_id = self.featurizer.tokenizer.pad_token_id
         return {
             "input_ids": torch.nn.functional.pad(inputs["input_ids"], (pad, 0), value=pad_id),
             "attention_mask": torch.nn.functional.pad(inputs["attention_mask"], (pad, 0), value=0),
         }
 
-    return featurize
+
+def fixed_length(embedder: MLLMEmbedder):
+    return FixedLength(embedder.featurizer).featurize_text
 
 
 def train_loader(embedder: MLLMEmbedder, batch_size: int, rows: int = 4) -> DataLoader:
     data = [{"sent0": a, "sent1": p, "hard_neg": n} for a, p, n in TRIPLETS[:rows]]
-    collate = TextPairCollator(fixed_length(embedder), lambda texts: list(texts), True)
+    featurizer = FixedLength(embedder.featurizer)
+    collate = ObjectiveCollator(TextPairRows(featurizer, None), TextPairInfoNCE(0.05), featurizer)
     return DataLoader(data, batch_size=batch_size, shuffle=False, drop_last=True, collate_fn=collate)
 
 
@@ -99,14 +109,25 @@ def val_loader(embedder: MLLMEmbedder, batch_size: int = 2) -> DataLoader:
     return DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
-class ChunkedForwardModule(EmbeddingLitModule):
+class ChunkedForward(torch.nn.Module):
     """The plain (automatic) path, embedding chunk by chunk *with* grad: one graph over the whole
     batch, but dropout masks drawn chunk by chunk, as GradCache draws them."""
 
+    def __init__(self, embedder: MLLMEmbedder, chunk: int):
+        super().__init__()
+        self.embedder, self.chunk = embedder, chunk
+
+    def forward(self, **inputs) -> torch.Tensor:
+        return torch.cat([self.embedder(**c) for c in split_batch(inputs, self.chunk)])
+
+
+class ChunkedForwardModule(EmbeddingLitModule):
     forward_chunk = 2
 
-    def embed(self, inputs: dict) -> torch.Tensor:
-        return torch.cat([self.embedder(**c) for c in split_batch(inputs, self.forward_chunk)])
+    def training_step(self, batch: dict, batch_idx: int):
+        out = self.objective(ChunkedForward(self.embedder, self.forward_chunk), batch["features"], self.context())
+        self._check_and_log(out.loss, out.metrics, batch)
+        return out.loss
 
 
 class SeedEachStep(L.Callback):
@@ -134,14 +155,14 @@ def run(
 ) -> dict:
     L.seed_everything(0, verbose=False)
     embedder = make_embedder(model_dir, dropout=dropout)
-    loss = {"name": "infonce", "temperature": 0.05, "cache": {"chunk_size": chunk_size}}
-    optim = {"lr": lr, "warmup_steps": 2, "schedule": "linear"}
+    # No warmup: transformers' linear warmup starts at lr 0, which would make the first step a no-op.
+    optim = {"lr": lr, "warmup_steps": 0, "schedule": "linear"}
     trainer_cfg = {"gradient_clip_val": clip, "accumulate_grad_batches": accumulate}
-    overrides, manual = manual_optimization_split(trainer_cfg, loss)
+    overrides, manual = manual_optimization_split(trainer_cfg, chunk_size)
     cls = EmbeddingLitModule
     if chunked_forward:
         cls = type("Chunked", (ChunkedForwardModule,), {"forward_chunk": chunked_forward})
-    module = cls(embedder, loss=loss, optim=optim, **manual)
+    module = cls(embedder, TextPairInfoNCE(0.05), optim=optim, chunk_size=chunk_size, **manual)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,

@@ -88,7 +88,7 @@ def test_train_cli_with_trainer_ddp_on_two_cpu_processes(tiny_smol_llava_dir, tm
     proc = run_train_cli([
         "experiment=text_only", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
         "trainer.precision=32-true", "trainer.max_steps=2", "data.batch_size=2", "data.val_limit=7",
-        "data.val_batch_size=2", "loss.cache.chunk_size=3",
+        "data.val_batch_size=2", "grad_cache.chunk_size=3",
         f"model.name_or_path={tiny_smol_llava_dir}", f"hydra.run.dir={run_dir}",
     ])
     assert proc.returncode == 0, proc.stderr[-4000:]

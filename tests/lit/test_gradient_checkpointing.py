@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from mmembed.losses import info_nce
-from mmembed.pipeline import build_embedder
+from tests.pipeline.helpers import build_embedder
 from tests.lit.helpers import rel_diff
 from tests.lit.harness import TRIPLETS
 from tests.pipeline.helpers import compose_train

@@ -27,10 +27,9 @@ def bench():
 def test_tiny_configuration_runs_in_both_modes(bench):
     rows = [bench.run_one("tiny", 4, mode, chunk_size=2, steps=1, warmup=0, device="cpu") for mode in ("plain", "gradcache")]
     for row in rows:
-        assert row["sec_per_step"] > 0 and row["peak_rss_mb"] >= row["setup_rss_mb"] > 0
-        assert row["cuda_peak_mb"] is None
-    # InfoNCE over 8 candidates (4 positives + 4 negatives) is about log 8 ~ 2 for an untrained model
-    assert all(0 < row["loss"] < 10 for row in rows)
+        assert {"sec_per_step", "peak_rss_mb", "setup_rss_mb"} <= set(row) and row["cuda_peak_mb"] is None
+    # Both modes take the same step on the same seeded batch: the same loss (GradCache is exact).
+    assert rows[0]["loss"] == pytest.approx(rows[1]["loss"], abs=1e-5)
 
 
 @pytest.mark.slow

@@ -35,10 +35,10 @@ IMAGE_TOKENS = {
 
 
 @pytest.fixture(scope="module")
-def tiny_dirs(default_model_dir, tmp_path_factory):
+def tiny_dirs(smol_tokenizer_dir, tmp_path_factory):
     """family -> folder of its tiny checkpoint (built once for this module)."""
     root = tmp_path_factory.mktemp("tiny_backbones")
-    return {family: build(default_model_dir, root / family) for family, build in TINY_BUILDERS.items()}
+    return {family: build(smol_tokenizer_dir, root / family) for family, build in TINY_BUILDERS.items()}
 
 
 def _image(seed: int, size=(48, 40)) -> Image.Image:

@@ -48,8 +48,8 @@ def assert_rows_match(got: torch.Tensor, expected: torch.Tensor, min_cos: float 
 
 
 @pytest.fixture(scope="module")
-def tiny_llava_next_dir(default_model_dir, tmp_path_factory) -> Path:
-    return build_tiny_llava_next(default_model_dir, tmp_path_factory.mktemp("tiny_llava_next"))
+def tiny_llava_next_dir(smol_tokenizer_dir, tmp_path_factory) -> Path:
+    return build_tiny_llava_next(smol_tokenizer_dir, tmp_path_factory.mktemp("tiny_llava_next"))
 
 
 @pytest.fixture(scope="module")

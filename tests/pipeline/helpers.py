@@ -31,3 +31,12 @@ def run_train_cli(args: list[str], cwd=REPO, timeout: int = 600) -> subprocess.C
         [sys.executable, str(REPO / "src" / "train.py"), *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def build_embedder(cfg, trainable: bool = False):
+    """The model factory on a composed config, as the training and evaluation runs call it."""
+    from mmembed.models.factory import build_embedder as factory
+    from mmembed.run.config import lora_spec, model_spec
+
+    return factory(model_spec(cfg, explicit_prompts=False), trainable=trainable, lora=lora_spec(cfg),
+                   train_projector=bool(cfg.get("train_projector")))

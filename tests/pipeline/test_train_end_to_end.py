@@ -7,7 +7,9 @@ import json
 import torch
 from omegaconf import open_dict
 
-from mmembed.pipeline import build_embedder, run_training
+from mmembed.models.factory import build_embedder
+from mmembed.run.config import model_spec
+from mmembed.run.training import run_training
 from tests.pipeline.helpers import compose_train
 
 TINY = ["experiment=text_only", "trainer.max_steps=3", "data.batch_size=4", "data.val_limit=8", "data.val_batch_size=8"]
@@ -30,10 +32,11 @@ def test_text_only_training_writes_adapters_and_matches_on_reload(tiny_smol_llav
     adapter = tmp_path / "adapters" / "last"
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     # The adapter carries the prompts it was trained with; the inference API picks them up.
-    from mmembed.inference.embedder import resolve_prompts
-    from mmembed.models.prompts import saved_prompts
+    from mmembed.models.factory import ModelSpec, resolve_prompts
+    from mmembed.models.prompts import PromptConfig, saved_prompts
 
-    assert saved_prompts(adapter).system == "" == resolve_prompts(None, adapter, tiny_smol_llava_dir).system
+    prompts, source = resolve_prompts(ModelSpec(adapter=str(adapter), default_prompts=PromptConfig()), str(tiny_smol_llava_dir))
+    assert saved_prompts(adapter).system == "" == prompts.system and source == "adapter"
     # Lightning checkpoints hold the adapters only (plus optimizer state), never the frozen base.
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     keys = list(ckpt["state_dict"])
@@ -44,7 +47,7 @@ def test_text_only_training_writes_adapters_and_matches_on_reload(tiny_smol_llav
     texts = ["A woman is slicing an onion.", "A man is playing the flute."]
     for merge in (False, True):
         eval_cfg = compose_train([f"model.name_or_path={tiny_smol_llava_dir}", f"adapter={adapter}", f"merge_adapter={merge}"], tmp_path)
-        embedder = build_embedder(eval_cfg).eval()
+        embedder = build_embedder(model_spec(eval_cfg)).eval()
         assert embedder.backbone.supports_images
         with torch.no_grad():
             got = embedder.encode_text(texts)

@@ -41,7 +41,7 @@ def _train_file(tmp_path):
 
 
 def _run(tiny_dir, tmp_path, name):
-    from mmembed.pipeline import run_training
+    from mmembed.run.training import run_training
 
     cfg = compose_train(
         tiny_train_args(tiny_dir, "unused", max_steps=3, every_n=None)[:-1]
@@ -53,7 +53,7 @@ def _run(tiny_dir, tmp_path, name):
 
 
 def _embed(tiny_dir, adapter, texts):
-    from mmembed.pipeline import build_embedder
+    from tests.pipeline.helpers import build_embedder
 
     cfg = compose_train([f"model.name_or_path={tiny_dir}", f"adapter={adapter}", "merge_adapter=false"], "unused")
     with torch.no_grad():
@@ -82,7 +82,7 @@ def test_same_seed_same_losses_and_embeddings_and_skips_are_logged(tiny_smol_lla
 @pytest.mark.slow
 def test_a_different_seed_changes_the_losses(tiny_smol_llava_dir, tmp_path):
     """The contrast that shows the determinism test can fail."""
-    from mmembed.pipeline import run_training
+    from mmembed.run.training import run_training
 
     losses = []
     for seed in (1, 2):
@@ -121,7 +121,7 @@ def test_disk_filling_during_training_is_reported_without_traceback_and_keeps_th
 def test_disk_full_cause_finds_the_errno_behind_torch_save_errors():
     import errno
 
-    from mmembed.pipeline import disk_full_cause
+    from mmembed.run.folders import disk_full_cause
 
     try:
         try:

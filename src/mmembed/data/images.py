@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 # by itself above twice its Image.MAX_IMAGE_PIXELS: a max_pixels beyond that also needs PIL's limit raised.
 DEFAULT_MAX_PIXELS = 89_478_485
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO")  # JPEG covers MPO (multi-picture JPEG)
+# File name endings the project treats as images when it lists a folder (compare with `suffix.lower()`).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".ico")
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 ImageSource = str | os.PathLike | bytes | Image.Image

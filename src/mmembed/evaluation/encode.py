@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mmembed.data.benchmarks.images import open_image
+from mmembed.data.images import load_image
 
 
 def _batches(n: int, batch_size: int, desc: str, progress: bool):
@@ -53,7 +53,7 @@ def _encode_loaded(
     for start in _batches(len(paths), batch_size, desc, progress):
         images, idx = [], []
         for i in range(start, min(start + batch_size, len(paths))):
-            img = open_image(paths[i], on_error=on_error)
+            img = load_image(paths[i], on_error=on_error)
             if img is None:
                 failed.append(str(paths[i]))
             else:

@@ -15,7 +15,6 @@ decoded and preprocessed in a background thread one batch ahead; conv vision tow
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,9 +26,10 @@ from tqdm.auto import tqdm
 
 from mmembed.inference.inputs import batches, length_order, load_image, pick_modality, prefetched
 from mmembed.inference.prefix import PrefixCache, build_prefix_cache
-from mmembed.models.backbones import DEFAULT_MODEL, load_backbone, unwrap, vision_modules
+from mmembed.models.backbones import DEFAULT_MODEL, unwrap, vision_modules
 from mmembed.models.embedder import MLLMEmbedder
-from mmembed.models.prompts import PromptConfig, saved_prompts
+from mmembed.models.factory import ModelSpec, build_embedder
+from mmembed.models.prompts import PromptConfig
 
 log = logging.getLogger(__name__)
 
@@ -67,25 +67,25 @@ class Embedder:
         prompts: PromptConfig | Mapping | None = None,
         text_only: bool = False,
         trust_remote_code: bool = False,
+        pooler=None,
         **options,
     ) -> Embedder:
         """Load a model ("default", a hub id or a folder), optionally with a LoRA adapter folder.
 
         merge_adapter folds the adapter into the weights (faster; same vectors up to rounding).
         prompts: a PromptConfig or mapping of its fields; None uses the mmembed_prompts.json saved with
-        the adapter (by training) or the model folder (by `export_merged`) if there is one, else E5-V's prompts. options go to __init__
-        (prefix_cache, prefetch, channels_last, image_chunk).
+        the adapter (by training) or the model folder (by `export_merged`) if there is one, else E5-V's
+        prompts (the model factory's precedence, mmembed.models.factory). pooler: a mmembed.models.pooling
+        pooler (None: last token). options go to __init__ (prefix_cache, prefetch, channels_last, image_chunk).
         """
-        backbone = load_backbone(
-            str(model_or_folder), dtype=dtype, trust_remote_code=trust_remote_code, text_only=text_only,
-            padding_side="left",
+        spec = ModelSpec(
+            name_or_path=str(model_or_folder), dtype=dtype, text_only=text_only, trust_remote_code=trust_remote_code,
+            adapter=str(adapter) if adapter is not None else None, merge_adapter=merge_adapter,
+            prompts=as_prompt_config(prompts), pooler=pooler,
         )
-        if adapter is not None:
-            from mmembed.models.lora import load_adapter
-
-            backbone = dataclasses.replace(backbone, model=load_adapter(backbone.model, adapter, merge=merge_adapter))
-        backbone.model.to(device).eval()
-        return cls(MLLMEmbedder(backbone, resolve_prompts(prompts, adapter, backbone.name_or_path)), **options)
+        embedder = build_embedder(spec)
+        embedder.model.to(device).eval()
+        return cls(embedder, **options)
 
     # ---- facts about the model ----
     @property
@@ -221,14 +221,10 @@ class Embedder:
         )
 
 
-def resolve_prompts(prompts: PromptConfig | Mapping | None, *folders: str | Path | None) -> PromptConfig:
-    """The given prompts; else those saved with the adapter or model (mmembed_prompts.json, adapter
-    first); else E5-V's defaults."""
-    if isinstance(prompts, PromptConfig):
+def as_prompt_config(prompts: PromptConfig | Mapping | None) -> PromptConfig | None:
+    if prompts is None or isinstance(prompts, PromptConfig):
         return prompts
-    if prompts is not None:
-        return PromptConfig.from_mapping(prompts)
-    return saved_prompts(*folders) or PromptConfig()
+    return PromptConfig.from_mapping(prompts)
 
 
 def _channels_last_vision(model: nn.Module) -> None:

@@ -12,13 +12,18 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from mmembed.inference.embedder import resolve_prompts
-from mmembed.models.prompts import save_prompts
-from mmembed.models.backbones import DEFAULT_MODEL, load_backbone
-from mmembed.models.prompts import PromptConfig
+from mmembed.errors import MMEmbedError
+from mmembed.inference.embedder import as_prompt_config
+from mmembed.models.backbones import DEFAULT_MODEL
+from mmembed.models.factory import ModelSpec, build_embedder
+from mmembed.models.prompts import PromptConfig, save_prompts
 
 log = logging.getLogger(__name__)
 EXPORT_FILE = "mmembed_export.json"
+
+
+class ExportTargetError(MMEmbedError, FileExistsError):
+    """The export folder already holds files."""
 
 
 def export_merged(
@@ -36,17 +41,16 @@ def export_merged(
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose a new folder or pass overwrite=True (--overwrite)")
-    backbone = load_backbone(str(model), dtype=dtype, trust_remote_code=trust_remote_code)
-    merged = backbone.model
-    if adapter is not None:
-        from mmembed.models.lora import load_adapter
-
-        merged = load_adapter(merged, adapter, merge=True)
+        raise ExportTargetError(f"{out} exists and is not empty; choose a new folder or pass overwrite=True (--overwrite)")
+    spec = ModelSpec(name_or_path=str(model), dtype=dtype, trust_remote_code=trust_remote_code,
+                     adapter=str(adapter) if adapter is not None else None, merge_adapter=True,
+                     prompts=as_prompt_config(prompts))
+    embedder = build_embedder(spec)  # the adapter is folded into the weights (merge_adapter)
     out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out)
-    backbone.processor.save_pretrained(out)
-    save_prompts(resolve_prompts(prompts, adapter, backbone.name_or_path), out)
+    embedder.model.save_pretrained(out)
+    embedder.featurizer.processor.save_pretrained(out)
+    save_prompts(embedder.renderer.config, out)
+    backbone = embedder.backbone
     provenance = {"base_model": str(model), "base_path": backbone.name_or_path, "dtype": dtype,
                   "adapter": str(Path(adapter).resolve()) if adapter is not None else None}
     (out / EXPORT_FILE).write_text(json.dumps(provenance, indent=2) + "\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mmembed.data.benchmarks.images import open_image
+from mmembed.data.images import load_image as _load
 
 MODALITIES = ("texts", "images", "composed")
 
@@ -47,10 +47,9 @@ def _check_item(name: str, i: int, item) -> None:
 
 
 def load_image(item) -> Image.Image:
-    """An RGB PIL image from a path or a PIL image; an unreadable or missing file raises naming it."""
-    if isinstance(item, Image.Image):
-        return item if item.mode == "RGB" else item.convert("RGB")
-    return open_image(item, on_error="raise")
+    """An RGB PIL image from a path or a PIL image, through the project's one image loader (alpha on white,
+    16-bit scaled, pixel limit); an unreadable or missing file raises `BadImageError` naming it."""
+    return _load(item, on_error="raise")
 
 
 def length_order(lengths: Sequence[int]) -> list[int]:

@@ -7,6 +7,10 @@ runs only the rest of its prompts through the decoder, attending to the cached p
 positions and the attention mask are exactly those of the full prompt, so the embeddings equal the
 plain forward's up to float rounding; `verify` checks that on probe inputs before the cache is used.
 
+The prefix's last hidden states are the same for every input too (causal attention), so they are
+cached as well: the embedder's pooler sees [prefix states; rest states] with the full mask and ids,
+and a mean or `[EMB]`-token pooler gives what the plain forward gives, not only the last-token one.
+
 Only the generic decoder interface is used (`past_key_values`, `attention_mask`, `position_ids`);
 a batch whose rows do not all start with the prefix (or are not left padded) is not rewritten.
 """
@@ -20,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmembed.models.pooling import last_token_pool
+from mmembed.models.pooling import LastTokenPooler, Pooler
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +59,24 @@ def text_prompt_prefix(renderer, tokenizer) -> list[int]:
 class PrefixCache:
     """Keys/values of a fixed prompt prefix, and a forward pass that reuses them."""
 
-    def __init__(self, body: nn.Module, prefix_ids: Sequence[int], pad_token_id: int, device: torch.device):
+    def __init__(
+        self,
+        body: nn.Module,
+        prefix_ids: Sequence[int],
+        pad_token_id: int,
+        device: torch.device,
+        pooler: Pooler | None = None,
+    ):
         self.body = body
         self.ids = torch.tensor(list(prefix_ids), dtype=torch.long, device=device)
         self.pad_token_id = int(pad_token_id)
+        self.pooler = pooler if pooler is not None else LastTokenPooler()
         with torch.inference_mode():
             out = body(input_ids=self.ids[None], attention_mask=torch.ones_like(self.ids)[None], use_cache=True)
-        self.cache = _prefix_cache([(layer[0], layer[1]) for layer in out.past_key_values])
+        # transformers 5.x returns the KV cache as `cache` (formerly `past_key_values`).
+        kv = getattr(out, "cache", None) or out.past_key_values
+        self.cache = _prefix_cache([(layer[0], layer[1]) for layer in kv])
+        self.hidden = out.last_hidden_state  # [1, P, D]: what the pooler sees at the prefix positions
 
     def __len__(self) -> int:
         return int(self.ids.numel())
@@ -100,9 +115,13 @@ class PrefixCache:
         full_mask = torch.cat([torch.ones(batch, p, dtype=mask.dtype, device=device), mask], dim=1)
         positions = p + (mask.long().cumsum(dim=1) - 1).clamp(min=0)
         out = self.body(
-            **rest, attention_mask=full_mask, position_ids=positions, past_key_values=self.cache, use_cache=True
+            **rest, attention_mask=full_mask, position_ids=positions, cache=self.cache, use_cache=True
         )
-        return F.normalize(last_token_pool(out.last_hidden_state, mask).float(), dim=-1)
+        # The pooler sees the whole prompt, laid out [prefix][rest's left padding][rest tokens]: poolers read
+        # the mask, so the padding moving after the prefix changes nothing.
+        hidden = torch.cat([self.hidden.expand(batch, -1, -1), out.last_hidden_state], dim=1)
+        ids = torch.cat([self.ids[None].expand(batch, -1), rest["input_ids"]], dim=1)
+        return F.normalize(self.pooler(hidden, full_mask, ids).float(), dim=-1)
 
 
 def _prefix_cache(layers: list[tuple[torch.Tensor, torch.Tensor]]):
@@ -155,7 +174,9 @@ def build_prefix_cache(embedder, mode: str | bool = "auto", min_cos: float = 0.9
     cache = None
     if why is None:
         try:
-            cache = PrefixCache(backbone.body, prefix, backbone.tokenizer.pad_token_id, embedder.device)
+            cache = PrefixCache(
+                backbone.body, prefix, backbone.tokenizer.pad_token_id, embedder.device, pooler=embedder.pooler
+            )
             why = verify(embedder, cache, min_cos)
         except (TypeError, ValueError, RuntimeError, AttributeError) as err:  # a decoder without cache support
             why = f"{type(err).__name__}: {err}"
@@ -169,7 +190,8 @@ def build_prefix_cache(embedder, mode: str | bool = "auto", min_cos: float = 0.9
 
 
 def verify(embedder, cache: PrefixCache, min_cos: float) -> str | None:
-    """None if the cached path matches the plain forward on probe sentences; else the reason."""
+    """None if the cached path matches the plain forward on probe sentences (both pool with the
+    embedder's pooler); else the reason."""
     probes = ["A probe.", "A second, somewhat longer probe sentence for the check."]
     inputs = embedder.featurize_text(probes)
     rest = cache.split(inputs)

@@ -40,7 +40,10 @@ class DataQualityMonitor(L.Callback):
         at_read = counter.count if counter is not None else 0
         entry = {"epoch": trainer.current_epoch, "skipped": at_read + self.batch_skipped, "truncated": self.truncated}
         self.history.append(entry)
-        pl_module.log("data/skipped", float(entry["skipped"]), on_step=False, on_epoch=True, sync_dist=True)
-        pl_module.log("data/truncated", float(entry["truncated"]), on_step=False, on_epoch=True, sync_dist=True)
+        # Each rank counts its own shard's skips: the logged number is their sum over ranks.
+        pl_module.log("data/skipped", float(entry["skipped"]), on_step=False, on_epoch=True, sync_dist=True,
+                      reduce_fx="sum")
+        pl_module.log("data/truncated", float(entry["truncated"]), on_step=False, on_epoch=True, sync_dist=True,
+                      reduce_fx="sum")
         if entry["skipped"] and len(self.history) == 1 and counter is not None:
             log.warning("data: %s", counter.summary())

@@ -1,33 +1,36 @@
-"""DataModules: SimCSE-style text pairs for training, STS pairs for validation."""
+"""DataModules: training rows for any objective, validated on STS-B dev Spearman (the same number for every arm).
+
+A DataModule is built with the model's `Featurizer` (tokenizer, processor, prompt renderer; no weights)
+and the run's objective, before the model loads: `check_data()` then reads every training and
+validation file, so a wrong path, column or empty file is reported in seconds, not after the model has
+loaded. The DataLoader's `collate_fn` is an `ObjectiveCollator` (mmembed.data.collate): workers carry
+the featurizer and the objective, never the model.
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from mmembed.data.collate import ObjectiveCollator, TextPairRows
 from mmembed.data.sampling import ResumableDataLoader, ResumableRandomSampler
-from mmembed.data.text_pairs import DataConfigError, TextPairCollator, load_text_pairs
-from mmembed.errors import SkipCounter
-from mmembed.models.prompts import truncate_to_tokens
+from mmembed.data.text_pairs import load_text_pairs
+from mmembed.errors import DataConfigError, SkipCounter
 
 
 class StsValidatedDataModule(L.LightningDataModule):
-    """What every training DataModule shares: seeded resumable shuffling, text truncation, the
-    bad-input policy, and validation on STS-B (dev) Spearman (the same number for every arm).
-
-    The featurizers come from the embedder once the model is loaded (`bind_embedder`), so collators
-    render prompts with the very functions evaluation uses.
-    """
+    """What every training DataModule shares: seeded resumable shuffling, the bad-input policy, the
+    objective's collator, and STS-B validation pairs."""
 
     def __init__(
         self,
-        featurize: Callable | None = None,
-        tokenizer=None,
+        featurizer=None,
+        objective=None,
         batch_size: int = 16,
         max_text_tokens: int | None = 32,
         shuffle_seed: int = 42,
@@ -42,23 +45,16 @@ class StsValidatedDataModule(L.LightningDataModule):
         super().__init__()
         if on_error not in ("skip", "raise"):
             raise DataConfigError(f"data.on_error={on_error!r}: expected skip or raise")
-        self.featurize, self.tokenizer = featurize, tokenizer
+        self.featurizer, self.objective = featurizer, objective
         self.batch_size, self.val_batch_size, self.max_text_tokens = batch_size, val_batch_size, max_text_tokens
         self.shuffle_seed, self.num_workers, self.on_error = shuffle_seed, num_workers, on_error
         self.train_limit, self.val_sts_dir, self.val_split, self.val_limit = train_limit, val_sts_dir, val_split, val_limit
         self.train_set = self.val_set = None
         self.skips = SkipCounter()  # rows dropped while reading (data.on_error=skip), logged as data/skipped
 
-    def bind(self, featurize: Callable, tokenizer) -> StsValidatedDataModule:
-        """Attach the embedder's text featurizer and tokenizer (known only once the model is loaded)."""
-        self.featurize, self.tokenizer = featurize, tokenizer
-        return self
-
-    def bind_embedder(self, embedder, **_) -> StsValidatedDataModule:
-        return self.bind(embedder.featurize_text, embedder.backbone.tokenizer)
-
+    # ---- what a concrete DataModule provides ----
     def check_paths(self) -> None:
-        """Fail fast, before any model is loaded, when a configured local path is missing."""
+        """Configured local paths exist (subclasses add their training files)."""
         if self.val_sts_dir and not Path(self.val_sts_dir).is_dir():
             raise DataConfigError(
                 f"data.val_sts_dir={self.val_sts_dir!r} does not exist (an STS-B folder with sts-{self.val_split}.csv). "
@@ -68,8 +64,20 @@ class StsValidatedDataModule(L.LightningDataModule):
     def read_train_set(self):
         raise NotImplementedError
 
-    def train_collator(self) -> Callable:
+    def row_preparer(self):
         raise NotImplementedError
+
+    # ---- shared ----
+    def check_data(self) -> None:
+        """Read every training and validation file now (formats, columns, empty files): run before the
+        model loads, so bad data costs seconds."""
+        self.check_paths()
+        if self.objective is not None and self.objective.row_kind != self.row_preparer_kind:
+            raise DataConfigError(
+                f"objective {type(self.objective).__name__} reads {self.objective.row_kind!r} rows but "
+                f"{type(self).__name__} gives {self.row_preparer_kind!r} rows: pick matching objective= and data="
+            )
+        self.setup("fit")
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and stage in (None, "fit"):
@@ -83,6 +91,11 @@ class StsValidatedDataModule(L.LightningDataModule):
             self.train_set = ds
         if self.val_set is None and self.val_sts_dir and stage in (None, "fit", "validate"):
             self.val_set = _sts_validation_rows(self.val_sts_dir, self.val_split, self.val_limit, self.shuffle_seed)
+
+    def train_collator(self) -> ObjectiveCollator:
+        if self.featurizer is None or self.objective is None:
+            raise RuntimeError("build the DataModule with featurizer= and objective= (the run modules do)")
+        return ObjectiveCollator(self.row_preparer(), self.objective, self.featurizer)
 
     def train_dataloader(self) -> DataLoader:
         collate = self.train_collator()
@@ -113,15 +126,20 @@ class StsValidatedDataModule(L.LightningDataModule):
     def val_dataloader(self):
         if not self.val_set:
             return []
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, collate_fn=self._collate_sts, num_workers=0)
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, collate_fn=StsCollator(self.featurizer),
+                          num_workers=0)
 
-    def _truncate(self, texts: Sequence[str]) -> list[str]:
-        return truncate_to_tokens(texts, self.tokenizer, self.max_text_tokens)
 
-    def _collate_sts(self, rows: list[dict]) -> dict:
+class StsCollator:
+    """STS rows {s1, s2, score, id} -> both sides featurised with the text prompt."""
+
+    def __init__(self, featurizer):
+        self.featurizer = featurizer
+
+    def __call__(self, rows: list[dict]) -> dict:
         return {
-            "inputs1": self.featurize([r["s1"] for r in rows]),
-            "inputs2": self.featurize([r["s2"] for r in rows]),
+            "inputs1": self.featurizer.featurize_text([r["s1"] for r in rows]),
+            "inputs2": self.featurizer.featurize_text([r["s2"] for r in rows]),
             "scores": torch.tensor([r["score"] for r in rows], dtype=torch.float32),
             "ids": torch.tensor([r["id"] for r in rows], dtype=torch.long),
         }
@@ -130,10 +148,11 @@ class StsValidatedDataModule(L.LightningDataModule):
 class TextPairDataModule(StsValidatedDataModule):
     """Training on `sent0,sent1[,hard_neg]` files (E5-V's text-only recipe)."""
 
-    def __init__(self, train_files: Sequence[str] | str, use_hard_negatives: bool = True, **kwargs):
+    row_preparer_kind = TextPairRows.row_kind
+
+    def __init__(self, train_files: Sequence[str] | str, **kwargs):
         super().__init__(**kwargs)
         self.train_files = [train_files] if isinstance(train_files, str) else list(train_files)
-        self.use_hard_negatives = use_hard_negatives
 
     def check_paths(self) -> None:
         missing = [f for f in self.train_files if Path(f).suffix and not Path(f).expanduser().is_file()]
@@ -147,18 +166,23 @@ class TextPairDataModule(StsValidatedDataModule):
     def read_train_set(self):
         return load_text_pairs(self.train_files, on_error=self.on_error, skips=self.skips)
 
-    def train_collator(self) -> Callable:
-        return TextPairCollator(self.featurize, self._truncate, self.use_hard_negatives)
+    def row_preparer(self) -> TextPairRows:
+        return TextPairRows(self.featurizer, self.max_text_tokens)
 
 
 def _sts_validation_rows(folder: str, split: str, limit: int | None, seed: int) -> list[dict]:
     from mmembed.data.benchmarks.sts import read_stsb
 
-    pairs = read_stsb(folder, split=split)
+    try:
+        pairs = read_stsb(folder, split=split)
+    except (OSError, ValueError, KeyError) as err:
+        raise DataConfigError(f"data.val_sts_dir={folder!r}: cannot read its sts-{split} file: {err}") from err
     rows = [
         {"s1": a, "s2": b, "score": float(s), "id": i}
         for i, (a, b, s) in enumerate(zip(pairs.sentences1, pairs.sentences2, pairs.scores))
     ]
+    if not rows:
+        raise DataConfigError(f"data.val_sts_dir={folder!r}: sts-{split} has no pairs")
     if limit and limit < len(rows):
         # A fixed random subset (not the first rows, which are all from one source genre).
         rows = random.Random(seed).sample(rows, limit)

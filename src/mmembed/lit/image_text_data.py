@@ -1,55 +1,33 @@
-"""Image-caption training data: image <-> caption InfoNCE (`objective: contrastive`) or captioning
-for projector alignment (`objective: captioning`). Sources and layouts: `mmembed.data.image_text`."""
+"""Image-caption training data for any image-text objective (InfoNCE, captioning, both). Sources and
+layouts: `mmembed.data.image_text`; rows are opened and cut by `mmembed.data.collate.ImageTextRows`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
-from mmembed.data.image_text import (
-    CaptionCollator,
-    ImageTextCollator,
-    pairs_as_rows,
-    read_image_text_sources,
-)
+from mmembed.data.collate import ImageTextRows
+from mmembed.data.image_text import pairs_as_rows, read_image_text_sources, source_paths
 from mmembed.data.images import DEFAULT_MAX_PIXELS
 from mmembed.errors import DataConfigError
 from mmembed.lit.datamodules import StsValidatedDataModule
-
-OBJECTIVES = ("contrastive", "captioning")
 
 
 class ImageTextDataModule(StsValidatedDataModule):
     """Image-caption pairs from `sources` (see `mmembed.data.image_text`), validated on STS-B dev."""
 
-    def __init__(
-        self,
-        sources: Sequence[Mapping],
-        objective: str = "contrastive",
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if objective not in OBJECTIVES:
-            raise DataConfigError(f"data.objective={objective!r}: expected one of {OBJECTIVES}")
-        self.sources = [dict(s) for s in sources]
-        self.objective, self.max_pixels = objective, max_pixels
-        self.featurize_images: Callable | None = None
-        self.featurize_captions: Callable | None = None
+    row_preparer_kind = ImageTextRows.row_kind
 
-    def bind_embedder(self, embedder, featurize_captions: Callable | None = None, **_) -> ImageTextDataModule:
-        self.bind(embedder.featurize_text, embedder.backbone.tokenizer)
-        self.featurize_images = embedder.featurize_images
-        self.featurize_captions = featurize_captions
-        return self
+    def __init__(self, sources: Sequence[Mapping], max_pixels: int | None = DEFAULT_MAX_PIXELS, **kwargs):
+        super().__init__(**kwargs)
+        self.sources = [dict(s) for s in sources]
+        self.max_pixels = max_pixels
 
     def check_paths(self) -> None:
         for source in self.sources:
-            for key in ("captions", "images", "file", "root"):
-                value = source.get(key)
-                if value and not Path(value).expanduser().exists():
+            for key, path in source_paths(source):
+                if not path.exists():
                     raise DataConfigError(
-                        f"data source {source.get('name') or source.get('format')!r}: {key}={value} does not exist. "
+                        f"data source {source.get('name') or source.get('format')!r}: {key}={path} does not exist. "
                         "Set the data root (env MMEMBED_DATA / paths.data_root) or data.sources"
                     )
         super().check_paths()
@@ -57,9 +35,5 @@ class ImageTextDataModule(StsValidatedDataModule):
     def read_train_set(self) -> list[dict]:
         return pairs_as_rows(read_image_text_sources(self.sources))
 
-    def train_collator(self) -> Callable:
-        if self.objective == "captioning":
-            if self.featurize_captions is None:
-                raise DataConfigError("data.objective=captioning needs the captioning loss (loss=captioning)")
-            return CaptionCollator(self.featurize_captions, self._truncate, self.on_error, self.max_pixels)
-        return ImageTextCollator(self.featurize, self.featurize_images, self._truncate, self.on_error, self.max_pixels)
+    def row_preparer(self) -> ImageTextRows:
+        return ImageTextRows(self.featurizer, self.max_text_tokens, self.on_error, self.max_pixels)

@@ -14,8 +14,10 @@ from typing import Any
 
 from torch import nn
 
+from mmembed.errors import ConfigError, MMEmbedError
 
-class StrategyUnavailableError(RuntimeError):
+
+class StrategyUnavailableError(MMEmbedError, RuntimeError):
     """The configured distributed strategy cannot run here; the message says what to install or change."""
 
 
@@ -42,19 +44,19 @@ def require_deepspeed() -> None:
         )
 
 
-def preflight(trainer_cfg: Mapping, loss_cfg: Mapping) -> None:
-    """Refuse, before anything is loaded, what the strategy cannot run."""
+def preflight(trainer_cfg: Mapping, chunk_size: int | None) -> None:
+    """Refuse, before anything is loaded, what the strategy cannot run (`chunk_size`: GradCache's, or None)."""
     if uses_deepspeed(trainer_cfg):
         require_deepspeed()
-        if (loss_cfg.get("cache") or {}).get("chunk_size"):
+        if chunk_size:
             raise StrategyUnavailableError(
-                "loss.cache.chunk_size (GradCache) is not supported with trainer=deepspeed: DeepSpeed's engine owns "
+                "grad_cache.chunk_size (GradCache) is not supported with trainer=deepspeed: DeepSpeed's engine owns "
                 "backward and gradient reduction, and GradCache runs several backward passes per step. "
-                "Use trainer=ddp (tested) or trainer=fsdp with GradCache, or loss.cache.chunk_size=null."
+                "Use trainer=ddp (tested) or trainer=fsdp with GradCache, or grad_cache.chunk_size=null."
             )
 
 
-def manual_optimization_split(trainer_cfg: Mapping, loss_cfg: Mapping) -> tuple[dict, dict]:
+def manual_optimization_split(trainer_cfg: Mapping, chunk_size: int | None) -> tuple[dict, dict]:
     """(Trainer overrides, LightningModule kwargs) for GradCache's manual optimisation.
 
     Lightning raises on `Trainer(gradient_clip_val>0)` or `accumulate_grad_batches>1` with manual
@@ -62,7 +64,7 @@ def manual_optimization_split(trainer_cfg: Mapping, loss_cfg: Mapping) -> tuple[
     optimizer step, divide each micro-batch's loss by the accumulation count). Without GradCache
     both dicts are empty and the Trainer does the work as usual.
     """
-    if not (loss_cfg.get("cache") or {}).get("chunk_size"):
+    if not chunk_size:
         return {}, {}
     module_kwargs = {
         "gradient_clip_val": trainer_cfg.get("gradient_clip_val"),
@@ -105,7 +107,7 @@ def fsdp_strategy(layer_classes: Iterable[str] | None = None, **kwargs: Any):
     from lightning.pytorch.strategies import FSDPStrategy
 
     if kwargs.get("use_orig_params") is False:
-        raise ValueError(
+        raise ConfigError(
             "trainer.strategy.use_orig_params=false cannot train LoRA on a frozen base with FSDP "
             "(each FSDP unit mixes frozen and trainable parameters); set it to true"
         )

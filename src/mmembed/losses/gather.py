@@ -45,3 +45,26 @@ def gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
         warnings.filterwarnings("ignore", message=r".*torch\.distributed\.nn\.functional\.all_gather.*")
         parts = all_gather(x, group=group if group is not None else dist.group.WORLD)
     return torch.cat(parts, dim=0)
+
+
+def gather_no_grad(x: torch.Tensor, group=None) -> torch.Tensor:
+    """`cat` of `x` from all ranks in rank order, without gradient (masks, counts, teacher targets).
+
+    Every rank must call it with a tensor of the same shape; `x` itself when not distributed.
+    """
+    _, world = rank_and_world(group)
+    if world == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous(), group=group)
+    return torch.cat(parts, dim=0)
+
+
+def global_sum(x: torch.Tensor, group=None) -> torch.Tensor:
+    """The sum of `x` over all ranks (a copy; no gradient); `x` itself when not distributed."""
+    _, world = rank_and_world(group)
+    if world == 1:
+        return x
+    total = x.detach().clone()
+    dist.all_reduce(total, group=group)
+    return total

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from mmembed.losses.gather import gather_with_grad, rank_and_world
+from mmembed.losses.gather import gather_no_grad, gather_with_grad, global_sum, rank_and_world
 
 
 class InfoNCEOutput(NamedTuple):
@@ -69,6 +69,8 @@ def distributed_info_nce(
     temperature: float = 0.05,
     labels: torch.Tensor | None = None,
     group=None,
+    valid: torch.Tensor | None = None,
+    hard_negative_valid: torch.Tensor | None = None,
 ) -> InfoNCEOutput:
     """InfoNCE with anchors kept local and candidates gathered from every rank, with gradient.
 
@@ -80,11 +82,18 @@ def distributed_info_nce(
     local label l on rank r becomes r * N + l (N = local positives; default l = arange(B)), so
     labels must index positives, not hard negatives.
 
-    The returned loss is the mean over this rank's queries. With equal local batches, the mean of
-    the ranks' losses equals the single-process loss on the concatenated batch, and DDP's gradient
+    Masks keep every rank's shapes equal (a collective needs them equal) when some inputs are missing:
+    `hard_negative_valid` [M] bool drops hard-negative columns (a row without a hard negative carries a
+    placeholder); `valid` [B] bool (in-batch setting, N == B) drops query i AND its positive column i
+    (an unreadable image, a duplicate). With `valid`, the loss is the sum over this rank's valid queries
+    times W / (valid queries on all ranks), so DDP's gradient average is the mean over the global valid
+    queries, as on one process.
+
+    The returned loss is otherwise the mean over this rank's queries. With equal local batches, the mean
+    of the ranks' losses equals the single-process loss on the concatenated batch, and DDP's gradient
     averaging (sum / W) gives the single-process gradients (all_gather's backward sums every rank's
     contribution back to the owner; tests/losses/test_distributed_infonce.py checks both).
-    Every rank must call this with the same shapes (B, N, M) and run backward.
+    Every rank must call this with the same shapes (B, N, M) and the same masks given, and run backward.
     """
     _check_temperature(temperature)
     rank, world = rank_and_world(group)
@@ -98,6 +107,28 @@ def distributed_info_nce(
         candidates = torch.cat([all_positive, gather_with_grad(hard_negative, group)], dim=0)
     global_labels = labels + rank * positive.shape[0]
     logits = query @ candidates.T / temperature
-    loss = _cross_entropy(logits, global_labels)
     num_candidates = candidates.shape[0]
-    return InfoNCEOutput(loss, num_candidates, num_candidates - 1)
+    if valid is None and hard_negative_valid is None:
+        return InfoNCEOutput(_cross_entropy(logits, global_labels), num_candidates, num_candidates - 1)
+    with torch.no_grad():
+        columns = [gather_no_grad(_as_mask(valid, positive.shape[0], logits.device), group)]
+        if hard_negative is not None:
+            columns.append(gather_no_grad(_as_mask(hard_negative_valid, hard_negative.shape[0], logits.device), group))
+        column_valid = torch.cat(columns)
+    logits = logits.masked_fill(~column_valid[None], float("-inf"))
+    usable = int(column_valid.sum())
+    if valid is None:
+        return InfoNCEOutput(_cross_entropy(logits, global_labels), usable, usable - 1)
+    rows = valid.to(logits.device).bool()
+    total = global_sum(rows.sum(), group).clamp(min=1)
+    per_query = F.cross_entropy(logits[rows].to(torch.promote_types(logits.dtype, torch.float32)),
+                                global_labels[rows], reduction="sum")
+    return InfoNCEOutput(per_query * (world / total), usable, usable - 1)
+
+
+def _as_mask(mask: torch.Tensor | None, n: int, device) -> torch.Tensor:
+    if mask is None:
+        return torch.ones(n, dtype=torch.bool, device=device)
+    if mask.shape != (n,):
+        raise ValueError(f"mask of shape {tuple(mask.shape)} for {n} rows")
+    return mask.to(device).bool()

@@ -56,4 +56,5 @@ class STSSpearman(Metric):
         ids, sims, gold = dedup(cat_state(self.ids).long(), cat_state(self.sims), cat_state(self.gold))
         if ids.numel() < 2:
             raise ValueError(f"STSSpearman needs at least 2 distinct pairs, got {ids.numel()}")
+        self.num_pairs = int(ids.numel())  # after de-duplication: what the number was computed on
         return (spearman(sims, gold) * 100).float()

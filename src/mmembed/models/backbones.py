@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmembed.errors import MMEmbedError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"  # the name that selects the offline SmolLlava default
@@ -30,7 +32,7 @@ VISION_LANGUAGE_TYPES = {
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class BackboneLoadError(RuntimeError):
+class BackboneLoadError(MMEmbedError, RuntimeError):
     """A model could not be loaded; the message says what the user can do about it."""
 
 
@@ -77,20 +79,8 @@ def resolve_name_or_path(name_or_path: str, cache_dir: str | None = None) -> str
     return name_or_path
 
 
-def load_backbone(
-    name_or_path: str = DEFAULT_MODEL,
-    *,
-    dtype: str = "float32",
-    trust_remote_code: bool = False,
-    text_only: bool = False,
-    attn_implementation: str | None = "sdpa",
-    padding_side: str = "left",
-    cache_dir: str | None = None,
-    quantization_config=None,
-) -> Backbone:
-    """Load model + processor. `text_only=True` drops the vision tower and projector after loading."""
-    if dtype not in DTYPES:
-        raise BackboneLoadError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
+def check_model_source(name_or_path: str, cache_dir: str | None = None, trust_remote_code: bool = False) -> str:
+    """The loadable source for `name_or_path` ("default" -> the prepared folder), refusing bad folders early."""
     source = resolve_name_or_path(str(name_or_path), cache_dir)
     local = Path(source).expanduser()
     if not local.exists() and (local.is_absolute() or source.startswith((".", "~"))):
@@ -102,29 +92,86 @@ def load_backbone(
             f"{local} has no config.json: model.name_or_path must be a `save_pretrained` folder or a hub id"
         )
     _refuse_remote_code(local, trust_remote_code)
+    return str(local) if local.is_dir() else source
+
+
+def _hub_hint(source: str, err: OSError) -> BackboneLoadError:
+    return BackboneLoadError(
+        f"could not load {source!r}: {err}\nIf it is a hub id and this machine has no network, download it "
+        "where there is one and pass the local folder instead: model.name_or_path=/path/to/folder"
+    )
+
+
+def model_family(source: str, trust_remote_code: bool = False) -> tuple[str, str | None]:
+    """(family, model_type) of a checked source (see `check_model_source`)."""
+    local = Path(source)
+    try:
+        model_type = _read_model_type(local) if local.is_dir() else _hub_model_type(source, trust_remote_code)
+    except OSError as err:
+        raise _hub_hint(source, err) from err
+    return VISION_LANGUAGE_TYPES.get(model_type, "causal_lm"), model_type
+
+
+def load_featurizer(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    prompts=None,
+    text_only: bool = False,
+    trust_remote_code: bool = False,
+    padding_side: str = "left",
+    cache_dir: str | None = None,
+):
+    """The model's `Featurizer` (tokenizer, processor, prompt renderer) from its folder, without its weights."""
+    from mmembed.models.featurizer import Featurizer
+
+    source = check_model_source(name_or_path, cache_dir, trust_remote_code)
+    family, model_type = model_family(source, trust_remote_code)
+    try:
+        processor = _load_processor_of(family, source, model_type, trust_remote_code)
+    except OSError as err:
+        raise _hub_hint(source, err) from err
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Featurizer(processor, tokenizer, family, _image_token(family, processor), prompts, source,
+                      supports_images=not text_only)
+
+
+def load_backbone(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    text_only: bool = False,
+    attn_implementation: str | None = "sdpa",
+    padding_side: str = "left",
+    cache_dir: str | None = None,
+    quantization_config=None,
+    featurizer=None,
+) -> Backbone:
+    """Load model + processor. `text_only=True` drops the vision tower and projector after loading.
+
+    `featurizer` (from `load_featurizer` on the same folder) reuses its already loaded processor.
+    """
+    if dtype not in DTYPES:
+        raise BackboneLoadError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    if featurizer is None:
+        featurizer = load_featurizer(name_or_path, text_only=text_only, trust_remote_code=trust_remote_code,
+                                     padding_side=padding_side, cache_dir=cache_dir)
+    source = featurizer.name_or_path
     kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if quantization_config is not None:  # e.g. a BitsAndBytesConfig (mmembed.models.quantization)
         kwargs["quantization_config"] = quantization_config
     try:
-        model_type = _read_model_type(local) if local.is_dir() else _hub_model_type(source, trust_remote_code)
-        family = VISION_LANGUAGE_TYPES.get(model_type, "causal_lm")
-        model, processor = _load(family, str(local) if local.is_dir() else source, kwargs, model_type)
-    except BackboneLoadError:
-        raise
+        model = _load_model(featurizer.family, source, kwargs)
     except OSError as err:
-        raise BackboneLoadError(
-            f"could not load {source!r}: {err}\nIf it is a hub id and this machine has no network, download it "
-            "where there is one and pass the local folder instead: model.name_or_path=/path/to/folder"
-        ) from err
-    tokenizer = getattr(processor, "tokenizer", processor)
-    tokenizer.padding_side = padding_side
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    image_token = _image_token(family, processor)
+        raise _hub_hint(source, err) from err
     model.eval()
-    backbone = Backbone(model, processor, tokenizer, family, image_token, source)
+    backbone = Backbone(model, featurizer.processor, featurizer.tokenizer, featurizer.family, featurizer.image_token,
+                        source)
     if text_only:
         drop_vision(model)
     return backbone
@@ -147,29 +194,34 @@ def _hub_model_type(name: str, trust_remote_code: bool) -> str | None:
     return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code).model_type
 
 
-def _load(family: str, source: str, kwargs: dict, model_type: str | None = None):
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+def _load_model(family: str, source: str, kwargs: dict):
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     if family == "smol_llava":
         from mmembed.models.smol_llava import SmolLlavaForConditionalGeneration
 
-        model = SmolLlavaForConditionalGeneration.from_pretrained(source, **kwargs)
+        return SmolLlavaForConditionalGeneration.from_pretrained(source, **kwargs)
+    if family == "causal_lm":
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    return AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+
+
+def _load_processor_of(family: str, source: str, model_type: str | None, trust_remote_code: bool):
+    import transformers
+    from transformers import AutoTokenizer
+
+    if family == "smol_llava":
         # LlavaProcessor probes the folder's config with the generic config class, which warns about
         # our model_type although nothing is wrong; silence only that call.
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()
         try:
-            processor = transformers.LlavaProcessor.from_pretrained(source)
+            return transformers.LlavaProcessor.from_pretrained(source)
         finally:
             transformers.logging.set_verbosity(verbosity)
-    elif family == "causal_lm":
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-        processor = AutoTokenizer.from_pretrained(source, trust_remote_code=kwargs["trust_remote_code"])
-    else:
-        model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
-        processor = _load_processor(source, model_type, kwargs["trust_remote_code"])
-    return model, processor
+    if family == "causal_lm":
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    return _load_processor(source, model_type, trust_remote_code)
 
 
 def _load_processor(source: str, model_type: str | None, trust_remote_code: bool):
@@ -238,14 +290,6 @@ def projector_module(model: nn.Module) -> nn.Module:
         if isinstance(module, nn.Module):
             return module
     raise ValueError(f"{type(unwrap(model)).__name__} has no vision projector (looked for {_PROJECTOR_PATHS})")
-
-
-def train_projector_only(model: nn.Module) -> int:
-    """Freeze everything but the projector; returns the number of trainable parameters."""
-    model.requires_grad_(False)
-    projector = projector_module(model)
-    projector.requires_grad_(True)
-    return sum(p.numel() for p in projector.parameters())
 
 
 def drop_vision(model: nn.Module) -> list[str]:

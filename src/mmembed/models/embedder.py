@@ -6,51 +6,59 @@ of every layer's hidden states are computed, only the final hidden state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmembed.models.backbones import Backbone
-from mmembed.models.pooling import last_token_pool
+from mmembed.models.featurizer import Featurizer
+from mmembed.models.pooling import LastTokenPooler, Pooler
 from mmembed.models.prompts import PromptConfig, PromptRenderer
 
 
 class MLLMEmbedder(nn.Module):
     """Turns texts, images and image+text edits into L2-normalised vectors in one space."""
 
-    def __init__(self, backbone: Backbone, prompts: PromptConfig | None = None):
+    def __init__(
+        self,
+        backbone: Backbone,
+        prompts: PromptConfig | None = None,
+        pooler: Pooler | None = None,
+        featurizer: Featurizer | None = None,
+    ):
         super().__init__()
+        # Bound to this tokenizer (a TokenPooler looks its token's id up there); E5-V's last token by default.
+        self.pooler = (LastTokenPooler() if pooler is None else pooler).bind(backbone.tokenizer)
         self.model = backbone.model  # registered, so LoRA/optimisers/checkpoints see it
         # Not nn.Modules: kept outside the module tree (a plain attribute dict entry).
         self.__dict__["backbone"] = backbone
-        self.renderer = PromptRenderer(prompts or PromptConfig(), backbone.tokenizer, backbone.image_token)
+        if featurizer is None:
+            featurizer = Featurizer(backbone.processor, backbone.tokenizer, backbone.family, backbone.image_token,
+                                    prompts, backbone.name_or_path, supports_images=backbone.supports_images)
+        elif prompts is not None:
+            featurizer = featurizer.with_prompts(prompts)
+        if not backbone.supports_images and featurizer.supports_images:
+            featurizer = featurizer.without_images()
+        self.featurizer = featurizer
+
+    @property
+    def renderer(self) -> PromptRenderer:
+        return self.featurizer.renderer
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    # ---- featurisation: strings and images -> model inputs (also used by training collators) ----
+    # ---- featurisation: strings and images -> model inputs (the featurizer's, which training collators use) ----
     def featurize_text(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        prompts = self.renderer.render_many("text", list(texts))
-        return dict(self.backbone.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False))
+        return self.featurizer.featurize_text(texts)
 
     def featurize_images(
         self, images: Sequence, texts: Sequence[str] | None = None, kind: str = "image", category: str | None = None
     ) -> dict[str, torch.Tensor]:
-        if not self.backbone.supports_images:
-            raise RuntimeError(
-                f"{self.backbone.name_or_path} cannot embed images here (a text-only model, or loaded with "
-                "model.text_only=true)"
-            )
-        if texts is not None and len(texts) != len(images):
-            raise ValueError(f"{len(images)} images but {len(texts)} texts; composed inputs come in pairs")
-        prompts = self.renderer.render_many(kind, None if texts is None else list(texts), n=len(images), category=category)
-        inputs = self.backbone.processor(
-            text=prompts, images=list(images), return_tensors="pt", padding=True, add_special_tokens=False
-        )
-        return dict(inputs)
+        return self.featurizer.featurize_images(images, texts, kind=kind, category=category)
 
     # ---- embedding ----
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
@@ -58,10 +66,8 @@ class MLLMEmbedder(nn.Module):
         device = self.device
         inputs = trim_padding({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
         hidden = self.backbone.body(**inputs, use_cache=False).last_hidden_state
-        return F.normalize(last_token_pool(hidden, inputs["attention_mask"]).float(), dim=-1)
-
-    def embed(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self(**inputs)
+        pooled = self.pooler(hidden, inputs["attention_mask"], inputs.get("input_ids"))
+        return F.normalize(pooled.float(), dim=-1)
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         return self(**self.featurize_text(texts))

@@ -7,7 +7,12 @@ from pathlib import Path
 
 from torch import nn
 
+from mmembed.errors import ConfigError, MMEmbedError
 from mmembed.models.backbones import unwrap
+
+
+class AdapterLoadError(MMEmbedError, FileNotFoundError):
+    """The adapter folder is missing or is not a LoRA adapter folder."""
 
 # The decoder's linear layers (Llama / Mistral / Qwen2 naming), as in E5-V's fine-tuning script.
 DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -39,7 +44,7 @@ def apply_lora(model: nn.Module, r: int = 64, alpha: int = 16, dropout: float = 
     regex = target_modules or default_target_regex(model)
     matched = [n for n, m in unwrap(model).named_modules() if isinstance(m, nn.Linear) and re.fullmatch(regex, n)]
     if not matched:
-        raise ValueError(f"lora.target_modules={regex!r} matches no linear layer of this model")
+        raise ConfigError(f"lora.target_modules={regex!r} matches no linear layer of this model")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=regex, bias="none")
     return get_peft_model(model, config)
 
@@ -50,7 +55,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, merge: bool = False,
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(
+        raise AdapterLoadError(
             f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json); pass the folder written by "
             "training, e.g. <run dir>/adapters/last"
         )

@@ -10,6 +10,7 @@ import importlib.util
 
 import torch
 
+from mmembed.errors import ConfigError
 from mmembed.models.backbones import DTYPES, BackboneLoadError
 
 QUANTIZATION_CHOICES = (None, "4bit")
@@ -28,7 +29,7 @@ def quantization_config(kind: str | None, compute_dtype: str = "bfloat16"):
     if kind in (None, "", "none", "null"):
         return None
     if kind not in QUANTIZATION_CHOICES:
-        raise ValueError(f"model.quantization={kind!r}: expected null or 4bit")
+        raise ConfigError(f"model.quantization={kind!r}: expected null or 4bit")
     missing = []
     if not torch.cuda.is_available():
         missing.append("no CUDA GPU is visible to torch")

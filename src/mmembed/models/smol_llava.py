@@ -1,7 +1,10 @@
 """SmolLlava: the offline default MLLM, a LLaVA-style model in transformers' own conventions.
 
-Vision: EfficientNet-Lite0 (7x7x1280 feature map at 224 px = 49 image tokens); projector: a
-two-layer GELU MLP into the LLM's hidden size; LLM: any transformers decoder (SmolLM2-135M).
+Vision: EfficientNet-Lite0 (7x7x1280 feature map at 224 px = 49 image tokens); projector
+(`projector_type`): "mlp", a two-layer GELU MLP into the LLM's hidden size (folders without the field),
+or "grounded", the tower's ImageNet head reading each token as a mixture of the LLM's own embeddings
+of the class names (grounded_projector.py); LLM: any transformers decoder (SmolLM2-135M).
+Precomputed tower outputs (`vision_features=`, e.g. from vision_feature_cache.py) replace `pixel_values`.
 It mirrors `LlavaForConditionalGeneration`'s layout (`model.vision_tower`,
 `model.multi_modal_projector`, `model.language_model`, `lm_head`) so every code path
 (embedding, LoRA regexes, save/load, text-only stripping) treats it like the real LLaVA family.
@@ -16,9 +19,14 @@ from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import AutoConfig, AutoModel, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.configuration_utils import SubConfigSpec
+from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from mmembed.errors import ConfigError
 from mmembed.models.efficientnet_lite import HEAD_CHANNELS, EfficientNetLite0
+from mmembed.models.grounded_projector import GroundedProjector
+
+PROJECTOR_TYPES = ("mlp", "grounded")
 
 
 @strict
@@ -36,6 +44,17 @@ class SmolLlavaConfig(PreTrainedConfig):
     projector_hidden_act: str = "gelu"
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
+    # "mlp" | "grounded"; the "mlp" default keeps folders written before the field existed loadable.
+    projector_type: str = "mlp"
+    # The grounded projector's settings (see grounded_projector.GroundedProjector); unused by "mlp".
+    grounded_num_classes: int = 1000
+    grounded_top_k: int = 5
+    grounded_temperature: float = 1.0
+    grounded_token_scale: float = 1.0
+    grounded_pool: str = "patch"
+    grounded_renormalize: bool = False
+    grounded_mlp_weight: float = 1.0
+    grounded_learn_mlp_weight: bool = True
 
 
 class SmolLlavaProjector(nn.Module):
@@ -51,6 +70,22 @@ class SmolLlavaProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(features)))
 
 
+def build_projector(config: SmolLlavaConfig) -> nn.Module:
+    """The projector `config.projector_type` names (the grounded one wraps the MLP as its learned path)."""
+    mlp = SmolLlavaProjector(config.vision_hidden_size, config.text_config.hidden_size)
+    if config.projector_type == "mlp":
+        return mlp
+    if config.projector_type != "grounded":
+        raise ConfigError(f"projector_type={config.projector_type!r} in the model config: expected one of {PROJECTOR_TYPES}")
+    return GroundedProjector(
+        config.vision_hidden_size, config.text_config.hidden_size, num_classes=config.grounded_num_classes,
+        top_k=config.grounded_top_k, temperature=config.grounded_temperature,
+        token_scale=config.grounded_token_scale, pool=config.grounded_pool,
+        renormalize=config.grounded_renormalize, mlp=mlp, mlp_weight=config.grounded_mlp_weight,
+        learn_mlp_weight=config.grounded_learn_mlp_weight,
+    )
+
+
 class SmolLlavaPreTrainedModel(PreTrainedModel):
     config: SmolLlavaConfig
     config_class = SmolLlavaConfig
@@ -61,6 +96,18 @@ class SmolLlavaPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _no_split_modules = ["LlamaDecoderLayer"]
 
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        # Runs after the projector's children got the generic init (and, when loading, skips every
+        # tensor the checkpoint provided): fresh grounded projectors start with the MLP path at zero
+        # output, so the grounded path alone is used until alignment trains it.
+        if isinstance(module, GroundedProjector):
+            init.normal_(module.class_table, std=self.config.initializer_range)
+            init.constant_(module.mlp_weight, self.config.grounded_mlp_weight)
+            if module.mlp is not None:
+                init.zeros_(module.mlp.linear_2.weight)
+                init.zeros_(module.mlp.linear_2.bias)
+
 
 class SmolLlavaModel(SmolLlavaPreTrainedModel):
     """Vision tower + projector + decoder body; returns the last hidden state, no vocabulary logits."""
@@ -68,7 +115,7 @@ class SmolLlavaModel(SmolLlavaPreTrainedModel):
     def __init__(self, config: SmolLlavaConfig):
         super().__init__(config)
         self.vision_tower = EfficientNetLite0(num_classes=0)
-        self.multi_modal_projector = SmolLlavaProjector(config.vision_hidden_size, config.text_config.hidden_size)
+        self.multi_modal_projector = build_projector(config)
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
@@ -78,12 +125,31 @@ class SmolLlavaModel(SmolLlavaPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, image_seq_length, hidden] projected image tokens."""
+    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, vision_hidden_size, h, w]: the (frozen during alignment) tower's feature map,
+        what `vision_features=` takes precomputed and vision_feature_cache.py stores."""
         if self.vision_tower is None:
             raise RuntimeError("this model was loaded text-only (vision tower dropped); it cannot embed images")
-        feature_map = self.vision_tower.forward_features(pixel_values.to(self.multi_modal_projector.linear_1.weight.dtype))
-        return self.multi_modal_projector(feature_map.flatten(2).transpose(1, 2))
+        return self.vision_tower.forward_features(pixel_values.to(self._projector_dtype()))
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor | None = None, vision_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Pixels [B, 3, H, W] or the tower's feature map [B, C, h, w] -> [B, h*w, hidden] projected image tokens."""
+        if (pixel_values is None) == (vision_features is None):
+            raise ValueError("pass exactly one of pixel_values or vision_features")
+        if self.multi_modal_projector is None:
+            raise RuntimeError("this model was loaded text-only (projector dropped); it cannot embed images")
+        if vision_features is None:
+            vision_features = self.get_vision_features(pixel_values)
+        if vision_features.dim() != 4 or vision_features.shape[1] != self.config.vision_hidden_size:
+            raise ValueError(f"vision_features of shape {tuple(vision_features.shape)}: expected the tower's "
+                             f"[batch, {self.config.vision_hidden_size}, h, w] feature map")
+        tokens = vision_features.to(self._projector_dtype()).flatten(2).transpose(1, 2)
+        return self.multi_modal_projector(tokens)
+
+    def _projector_dtype(self) -> torch.dtype:
+        return next(self.multi_modal_projector.parameters()).dtype
 
     def forward(
         self,
@@ -93,16 +159,18 @@ class SmolLlavaModel(SmolLlavaPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         past_key_values=None,
         inputs_embeds: torch.Tensor | None = None,
+        cache=None,
+        vision_features: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        if pixel_values is not None:
+        if pixel_values is not None or vision_features is not None:
             if input_ids is None:
                 raise ValueError("images need input_ids to locate their placeholder tokens")
-            image_features = self.get_image_features(pixel_values).to(inputs_embeds.dtype)
+            image_features = self.get_image_features(pixel_values, vision_features).to(inputs_embeds.dtype)
             mask = input_ids == self.config.image_token_id
             if int(mask.sum()) != image_features.shape[0] * image_features.shape[1]:
                 raise ValueError(
@@ -110,12 +178,12 @@ class SmolLlavaModel(SmolLlavaPreTrainedModel):
                     f"{image_features.shape[1]} tokens each; render prompts with the processor"
                 )
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), image_features.reshape(-1, inputs_embeds.shape[-1]))
+        # transformers 5.x renamed the decoder's `past_key_values` argument to `cache` (the old name warns).
+        cache = cache if cache is not None else past_key_values
+        if cache is not None:
+            kwargs["cache"] = cache
         return self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            **kwargs,
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
         )
 
 
@@ -151,11 +219,13 @@ class SmolLlavaForConditionalGeneration(SmolLlavaPreTrainedModel, GenerationMixi
         past_key_values=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        vision_features: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
+            vision_features=vision_features,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
@@ -170,11 +240,14 @@ class SmolLlavaForConditionalGeneration(SmolLlavaPreTrainedModel, GenerationMixi
             loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
         )
 
-    def prepare_inputs_for_generation(self, input_ids, pixel_values=None, past_key_values=None, **kwargs):
+    def prepare_inputs_for_generation(
+        self, input_ids, pixel_values=None, past_key_values=None, vision_features=None, **kwargs
+    ):
         model_inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
         # Images enter only in the first step; later steps reuse the cache.
         if model_inputs.get("past_key_values") is None or not _cache_has_content(model_inputs["past_key_values"]):
             model_inputs["pixel_values"] = pixel_values
+            model_inputs["vision_features"] = vision_features
         return model_inputs
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmembed.data.benchmarks.layout import BenchmarkLayoutError, require
+from mmembed.data.images import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".JPEG", ".JPG", ".PNG", ".webp")
 CIRR_LAYOUT = """
 <root>/captions/cap.rc2.<split>.json        [{pairid, reference, target_hard, caption, img_set: {members}}]
 <root>/image_splits/split.rc2.<split>.json  {name: "./<split dir>/<name>.png"}
@@ -47,7 +47,7 @@ class CIRBenchmark:
 
 
 def find_image(name: str, folder: Path) -> Path | None:
-    for ext in IMAGE_EXTENSIONS:
+    for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
         path = folder / f"{name}{ext}"
         if path.is_file():
             return path

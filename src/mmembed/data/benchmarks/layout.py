@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from mmembed.errors import MMEmbedError
 
-class BenchmarkLayoutError(FileNotFoundError):
+
+class BenchmarkLayoutError(MMEmbedError, FileNotFoundError):
     """A benchmark folder or file is missing or incomplete; the message names the path and the expected layout."""
 
     def __init__(self, benchmark: str, path: str | Path, expected: str, missing: Iterable[str | Path] = ()):

@@ -6,7 +6,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmembed.data.benchmarks.cir import IMAGE_EXTENSIONS
+from mmembed.data.images import is_image_file
 from mmembed.data.benchmarks.layout import BenchmarkLayoutError, require
 
 ZEROSHOT_LAYOUT = """
@@ -51,7 +51,7 @@ def read_zeroshot(root: str | Path, name: str = "imagenet", image_dir: str | Pat
             for key in (r.get("wnid"), r["class_index"]):
                 folder = image_dir / key if key else None
                 if folder is not None and folder.is_dir():
-                    files = sorted(p for p in folder.iterdir() if p.suffix in IMAGE_EXTENSIONS)
+                    files = sorted(p for p in folder.iterdir() if is_image_file(p))
                     images.extend(files)
                     labels.extend([int(r["class_index"])] * len(files))
                     break

@@ -1,0 +1,20 @@
+"""Training objectives (Hydra `_target_`s in conf/objective/): each builds its batch features and its loss."""
+
+from mmembed.objectives.base import EmbeddingObjective, Objective, ObjectiveOutput, StepContext
+from mmembed.objectives.captioning import Captioning
+from mmembed.objectives.distillation import RelationalDistillation
+from mmembed.objectives.image_text import ImageTextInfoNCE
+from mmembed.objectives.infonce import TextPairInfoNCE
+from mmembed.objectives.weighted_sum import WeightedSum
+
+__all__ = [
+    "Captioning",
+    "EmbeddingObjective",
+    "ImageTextInfoNCE",
+    "Objective",
+    "ObjectiveOutput",
+    "RelationalDistillation",
+    "StepContext",
+    "TextPairInfoNCE",
+    "WeightedSum",
+]

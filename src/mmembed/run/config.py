@@ -1,0 +1,56 @@
+"""Plain specs from a composed Hydra config: the model factory's `ModelSpec`, LoRA settings, the objective."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from mmembed.models.factory import LoraSpec, ModelSpec
+from mmembed.models.prompts import PromptConfig
+
+
+def prompts_given_on_command_line() -> bool:
+    """True when the user chose prompts explicitly (`prompt=...` or `prompt.<field>=...` overrides):
+    they then win over the prompts saved with an adapter or model (see mmembed.models.factory)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    keys = [override.lstrip("+~").split("=", 1)[0] for override in HydraConfig.get().overrides.task]
+    return any(key == "prompt" or key.startswith("prompt.") for key in keys)
+
+
+def model_spec(cfg: DictConfig, explicit_prompts: bool | None = None, **changes) -> ModelSpec:
+    """`cfg.model` + `cfg.adapter` + `cfg.prompt` (+ `cfg.pooler`) as a ModelSpec; `changes` override fields."""
+    from hydra.utils import instantiate
+
+    m = cfg.model
+    prompts = PromptConfig.from_mapping(OmegaConf.to_container(cfg.prompt, resolve=True))
+    explicit = prompts_given_on_command_line() if explicit_prompts is None else explicit_prompts
+    spec = ModelSpec(
+        name_or_path=str(m.name_or_path),
+        dtype=m.dtype,
+        text_only=bool(m.text_only),
+        trust_remote_code=bool(m.trust_remote_code),
+        attn_implementation=m.get("attn_implementation"),
+        padding_side=m.get("padding_side", "left"),
+        cache_dir=m.get("cache_dir"),
+        quantization=m.get("quantization"),
+        gradient_checkpointing=bool(m.get("gradient_checkpointing")),
+        how_to_get=m.get("how_to_get"),
+        adapter=str(cfg.adapter) if cfg.get("adapter") else None,
+        merge_adapter=bool(cfg.get("merge_adapter", True)),
+        prompts=prompts if explicit else None,
+        default_prompts=prompts,
+        pooler=instantiate(cfg.pooler) if cfg.get("pooler") else None,
+    )
+    for key, value in changes.items():
+        setattr(spec, key, value)
+    return spec
+
+
+def lora_spec(cfg: DictConfig) -> LoraSpec:
+    lora = cfg.get("lora") or {}
+    return LoraSpec(
+        enabled=bool(lora.get("enabled", False)), r=int(lora.get("r", 64)), alpha=int(lora.get("alpha", 16)),
+        dropout=float(lora.get("dropout", 0.05)), target_modules=lora.get("target_modules"),
+    )

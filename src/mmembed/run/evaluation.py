@@ -1,0 +1,73 @@
+"""Post-training evaluation: the trained adapter on a benchmark suite, and the modality gap before/after."""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from mmembed.models.factory import build_embedder
+from mmembed.run.config import model_spec
+
+
+def benchmark_list(eval_cfg: DictConfig) -> list[dict]:
+    """`eval.benchmarks` (name -> settings; a null entry disables it) as plain dicts with their names."""
+    benchmarks = OmegaConf.to_container(eval_cfg.benchmarks, resolve=True) or {}
+    return [dict(cfg, name=cfg.get("name") or key) for key, cfg in benchmarks.items() if cfg]
+
+
+def evaluate_trained(cfg: DictConfig, adapter_dir: Path | None, out_dir: Path, logger=None) -> dict:
+    """Evaluate the model just trained (base + `adapter_dir`, vision tower loaded) on `cfg.evaluation`'s
+    benchmarks, and draw the modality gap of `evaluation.modality_gap`'s pairs before and after training.
+
+    Returns {"metrics": {"eval/<benchmark>/<metric>": value, "gap/...": value}, "results": path}.
+    """
+    from mmembed.evaluation.suite import check_benchmarks, evaluate_suite
+    from mmembed.inference import Embedder
+
+    ev = cfg.evaluation
+    benchmarks = benchmark_list(ev)
+    check_benchmarks(benchmarks)
+    # A text-only run is evaluated with its vision tower back, and with the prompts it was trained with.
+    spec = model_spec(cfg, explicit_prompts=False, text_only=False,
+                      adapter=str(adapter_dir) if adapter_dir else None, merge_adapter=True)
+    batch_size, progress = int(ev.get("batch_size") or 16), bool(ev.get("progress", True))
+    metrics: dict[str, float] = {}
+    trained = Embedder(build_embedder(spec)).eval()
+    if ev.get("modality_gap"):
+        metrics.update(_modality_gap(cfg, trained, out_dir, batch_size, progress, logger))
+    results = evaluate_suite(
+        trained, benchmarks, out_dir, batch_size=batch_size, model=str(cfg.model.name_or_path),
+        adapter=str(adapter_dir) if adapter_dir else None, progress=progress,
+        extra={"suite": ev.get("suite"), "trained_in": str(out_dir.parent)},
+    )
+    for name, entry in results["benchmarks"].items():
+        metrics.update({f"eval/{name}/{k}": float(v) for k, v in entry["metrics"].items()})
+    return {"metrics": metrics, "results": str(out_dir / "results.json")}
+
+
+def _modality_gap(cfg: DictConfig, trained, out_dir: Path, batch_size: int, progress: bool, logger) -> dict:
+    """PCA picture + numbers of the image/text embeddings of held-out pairs, base model vs trained."""
+    from mmembed.data.benchmarks.captions import read_caption_config
+    from mmembed.evaluation.modality_gap import gap_stats, pair_embeddings, plot_modality_gap
+    from mmembed.inference import Embedder
+
+    gap_cfg = OmegaConf.to_container(cfg.evaluation.modality_gap, resolve=True)
+    bench = read_caption_config(gap_cfg)
+    limit = gap_cfg.get("max_pairs")
+    base = Embedder(build_embedder(model_spec(cfg, explicit_prompts=False, text_only=False, adapter=None))).eval()
+    panels = {"before training": pair_embeddings(base, bench, batch_size, limit, progress)}
+    del base
+    gc.collect()
+    panels["after training"] = pair_embeddings(trained, bench, batch_size, limit, progress)
+    figure = plot_modality_gap(panels, out_dir / "modality_gap.png")
+    metrics = {}
+    for when, (image, text) in panels.items():
+        for key, value in gap_stats(image, text).items():
+            metrics[f"gap/{key}_{when.split()[0]}"] = value
+    (out_dir / "modality_gap.json").write_text(json.dumps(metrics, indent=2))
+    if logger is not None and hasattr(getattr(logger, "experiment", None), "add_figure"):
+        logger.experiment.add_figure("modality_gap", figure, global_step=0)
+    return metrics
