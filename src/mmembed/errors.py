@@ -1,6 +1,6 @@
 """The bad-input policy shared by every reader: `on_error="skip"` (drop and count) or `"raise"`.
 
-`DataConfigError` is the one error type for bad data settings and bad input files; the pipeline
+`DataConfigError` is the one error type for bad data settings and bad input files; the entry points
 prints it without a traceback (exit code 2). With `skip`, readers record what they dropped in a
 `SkipCounter` (how many, why, and the first few items) that training logs as `data/skipped`.
 """

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy.stats import spearmanr
 
+from mmembed.errors import BadImageError
 from mmembed.evaluation.suite import evaluate_suite
 from tests.evaluation.fakes import FakeEmbedder, vec
 from tests.metrics.test_retrieval_metrics import brute_force_recall
@@ -66,7 +67,7 @@ def test_unreadable_image_skipped_or_raised(caption_csv, tmp_path):
     res = evaluate_suite(FakeEmbedder(), [cfg], tmp_path / "o1", progress=False)
     p = res["benchmarks"]["toy"]["protocol"]
     assert p["images"] == 11 and p["captions"] == 33 and p["unreadable_images_skipped"][0].endswith("4.png")
-    with pytest.raises(OSError, match="4.png"):
+    with pytest.raises(BadImageError, match="4.png"):
         evaluate_suite(FakeEmbedder(), [dict(cfg, on_error="raise")], tmp_path / "o2", progress=False)
 
 

@@ -62,9 +62,9 @@ def test_trainer_deepspeed_without_the_package_names_the_install_command(tmp_pat
 def test_gradcache_with_deepspeed_is_refused(monkeypatch):
     monkeypatch.setattr(strategies, "deepspeed_available", lambda: True)
     trainer = {"strategy": {"_target_": "mmembed.lit.strategies.deepspeed_strategy", "stage": 2}}
-    preflight(trainer, {"cache": {"chunk_size": None}})  # fine without GradCache
+    preflight(trainer, None)  # fine without GradCache
     with pytest.raises(StrategyUnavailableError, match="GradCache"):
-        preflight(trainer, {"cache": {"chunk_size": 8}})
+        preflight(trainer, 8)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

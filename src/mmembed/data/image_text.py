@@ -1,4 +1,4 @@
-"""Image-caption pairs for training: readers for five layouts, and the two batch collators.
+"""Image-caption pairs for training: readers for five layouts (batches are built by `mmembed.data.collate`).
 
 Sources (each a mapping in `data.sources`, several are concatenated):
 - `format: coco_json`      COCO `captions_*.json` + image folder (`captions`, `images`);
@@ -19,7 +19,7 @@ the first that holds an image wins); a split's images found in none are dropped 
 copy). `image_range: [start, stop]` (a slice of the name-sorted images) is for a user's own data without an
 official split; `max_images` keeps the first N images.
 
-Images are *not* opened here: the collators open them with `load_image` under `data.on_error`, so a
+Images are *not* opened here: `mmembed.data.collate.ImageTextRows` opens them with `load_image` under `data.on_error`, so a
 missing or corrupt image is skipped and counted (or raises with its path) when its batch is built.
 """
 
@@ -29,14 +29,13 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmembed.data.benchmarks.caption_splits import select_split
 from mmembed.data.benchmarks.captions import CAPTION_FORMATS, CaptionBenchmark, read_caption_config, select_image_range
-from mmembed.data.images import DEFAULT_MAX_PIXELS, load_image
-from mmembed.errors import DataConfigError, SkipCounter, check_on_error
+from mmembed.errors import DataConfigError
 
 log = logging.getLogger(__name__)
 
@@ -137,88 +136,6 @@ def _read_imagefolder_metadata(root: Path) -> list[dict]:
         if (root / name).is_file():
             return _read_pairs_file(str(root / name), str(root))[0]
     raise DataConfigError(f"{root} has no metadata.jsonl or metadata.csv (the datasets ImageFolder layout)")
-
-
-class _ImageOpener:
-    """Opens a batch's images under the on_error policy; returns the rows whose image opened.
-
-    Skips are reported per batch (`batch["skipped"]`, summed by `DataQualityMonitor`): with DataLoader
-    workers a shared counter would live in another process.
-    """
-
-    def __init__(self, on_error: str, max_pixels: int | None):
-        self.on_error, self.max_pixels = check_on_error(on_error), max_pixels
-
-    def open(self, rows: Sequence[Mapping]) -> tuple[list, list[Mapping], int]:
-        images, kept, skips = [], [], SkipCounter()
-        for row in rows:
-            image = load_image(row["image"], on_error=self.on_error, max_pixels=self.max_pixels, skips=skips)
-            if image is not None:
-                images.append(image)
-                kept.append(row)
-        if not kept:
-            raise DataConfigError(f"no image of this batch could be read ({len(rows)} rows); see the warnings above")
-        return images, kept, skips.count
-
-    def truncation(self, texts: Sequence[str]) -> tuple[list[str], int]:
-        cut = self.truncate(list(texts))
-        return cut, sum(a != b for a, b in zip(texts, cut))
-
-
-class ImageTextCollator(_ImageOpener):
-    """Rows {image, text} -> a contrastive batch: captions (queries) and images (candidates).
-
-    `inputs` is a list of two input groups, [captions; images], embedded separately (they are
-    different kinds of model input) and concatenated for the loss. A second caption of an image
-    already in the batch is dropped: the image would otherwise count as its own negative.
-    """
-
-    def __init__(
-        self,
-        featurize_text: Callable,
-        featurize_images: Callable,
-        truncate: Callable[[Sequence[str]], list[str]],
-        on_error: str = "skip",
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    ):
-        super().__init__(on_error, max_pixels)
-        self.featurize_text, self.featurize_images, self.truncate = featurize_text, featurize_images, truncate
-
-    def __call__(self, rows: Sequence[Mapping]) -> dict:
-        seen, unique = set(), []
-        for row in rows:
-            key = str(row["image"]) if isinstance(row["image"], (str, os.PathLike)) else id(row["image"])
-            if key not in seen:
-                seen.add(key)
-                unique.append(row)
-        images, kept, skipped = self.open(unique)
-        texts, truncated = self.truncation([r["text"] for r in kept])
-        return {
-            "inputs": [self.featurize_text(texts), self.featurize_images(images)],
-            "batch_size": len(kept),
-            "skipped": skipped,
-            "truncated": truncated,
-        }
-
-
-class CaptionCollator(_ImageOpener):
-    """Rows {image, text} -> a captioning batch (`featurize(images, captions)` builds inputs + labels)."""
-
-    def __init__(
-        self,
-        featurize: Callable,
-        truncate: Callable[[Sequence[str]], list[str]],
-        on_error: str = "skip",
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    ):
-        super().__init__(on_error, max_pixels)
-        self.featurize, self.truncate = featurize, truncate
-
-    def __call__(self, rows: Sequence[Mapping]) -> dict:
-        images, kept, skipped = self.open(rows)
-        texts, truncated = self.truncation([r["text"] for r in kept])
-        inputs = self.featurize(images, texts)
-        return {"inputs": inputs, "batch_size": len(kept), "skipped": skipped, "truncated": truncated}
 
 
 def pairs_as_rows(pairs: Sequence[ImageTextPair]) -> list[dict]:

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 from mmembed.errors import DataConfigError, SkipCounter, check_on_error
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DataConfigError", "TextPairCollator", "load_text_pairs", "first_invalid_utf8"]
+__all__ = ["DataConfigError", "load_text_pairs", "first_invalid_utf8"]
 
 ANCHOR, POSITIVE, HARD_NEGATIVE = "sent0", "sent1", "hard_neg"
 _BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -165,30 +164,3 @@ def _drop_bad_rows(ds, columns, on_error: str, files, replaced: bool, skips: Ski
         dropped = {i for i, _ in bad}
         ds = ds.select([i for i in range(len(ds)) if i not in dropped])
     return ds
-
-
-@dataclass
-class TextPairCollator:
-    """Rows -> one tokenised batch of [anchors; positives; hard negatives] and the group size.
-
-    `featurize` is the embedder's `featurize_text` (prompt rendering + tokenisation), so training
-    sees exactly the strings evaluation renders. Raw texts are cut to `max_tokens` before templating;
-    `truncated` counts the texts of the batch that were cut (logged as `data/truncated`).
-    Hard negatives are used only when every row of the batch has a non-empty one.
-    """
-
-    featurize: Callable[[Sequence[str]], dict]
-    truncate: Callable[[Sequence[str]], list[str]]
-    use_hard_negatives: bool = True
-
-    def __call__(self, rows: list[dict]) -> dict:
-        if not rows:
-            raise ValueError("TextPairCollator got an empty batch")
-        groups = [ANCHOR, POSITIVE]
-        if self.use_hard_negatives and all(r.get(HARD_NEGATIVE) for r in rows):
-            groups.append(HARD_NEGATIVE)
-        raw = [[r[g] for r in rows] for g in groups]
-        texts = [self.truncate(group) for group in raw]
-        truncated = sum(a != b for group, cut in zip(raw, texts) for a, b in zip(group, cut))
-        flat = [t for group in texts for t in group]
-        return {"inputs": self.featurize(flat), "batch_size": len(rows), "groups": len(groups), "truncated": truncated}

@@ -16,8 +16,7 @@ from mmembed.data.images import IMAGE_EXTENSIONS, is_image_file
 from mmembed.errors import ConfigError, DataConfigError, MMEmbedError
 
 
-
-class UsageError(ValueError):
+class UsageError(MMEmbedError, ValueError):
     """Bad command-line input; reported without a traceback."""
 
 
@@ -109,12 +108,9 @@ def _model_args(parser: argparse.ArgumentParser, default: str | None = "default"
 
 
 def _run(main, argv) -> int:
-    from mmembed.data.benchmarks.images import UnreadableImageError
-
-    errors = (MMEmbedError, UsageError, UnreadableImageError, FileNotFoundError, FileExistsError)
     try:
         main(argv)
-    except errors as err:
+    except MMEmbedError as err:  # a setting or file to fix: one line. Anything else keeps its traceback.
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

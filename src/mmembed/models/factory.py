@@ -81,7 +81,9 @@ def build_featurizer(spec: ModelSpec) -> Featurizer:
             raise BackboneLoadError(f"{err}; {spec.how_to_get}") from err
         raise
     prompts, source = resolve_prompts(spec, featurizer.name_or_path)
-    log.info("prompts from %s: %s", source, featurizer.with_prompts(prompts).renderer.render("text", "<sent>"))
+    where = {"explicit": "given explicitly", "adapter": "saved with the adapter", "model": "saved with the model",
+             "default": "the configured default"}[source]
+    log.info("prompts %s; a text renders as %r", where, featurizer.with_prompts(prompts).renderer.render("text", "<sent>"))
     return featurizer.with_prompts(prompts)
 
 
@@ -96,8 +98,8 @@ def build_embedder(
     from mmembed.models.lora import apply_lora, load_adapter
     from mmembed.models.quantization import prepare_for_kbit_training, quantization_config
 
+    quantization = quantization_config(spec.quantization)  # refuses 4bit without CUDA + bitsandbytes, first
     featurizer = featurizer or build_featurizer(spec)
-    quantization = quantization_config(spec.quantization)  # refuses 4bit without CUDA + bitsandbytes
     backbone = load_backbone(
         featurizer.name_or_path,
         dtype=spec.dtype, trust_remote_code=spec.trust_remote_code, text_only=spec.text_only,
