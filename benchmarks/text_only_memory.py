@@ -41,7 +41,7 @@ def main() -> None:
         for text_only in (False, True):
             rows[text_only] = run(text_only, args.steps, args.batch_size, args.model, Path(tmp) / f"text_only_{text_only}")
     keys = ["vision_tower_in_memory", "rss_at_train_start_mb", "peak_rss_during_training_mb", "peak_rss_process_mb", "sec_per_step"]
-    print(f"| measure | with vision tower | text_only | ratio |\n|---|---|---|---|")
+    print("| measure | with vision tower | text_only | ratio |\n|---|---|---|---|")
     for key in keys:
         a, b = rows[False][key], rows[True][key]
         ratio = f"{b / a:.3f}" if isinstance(a, float) and a else ""

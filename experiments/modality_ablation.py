@@ -93,7 +93,7 @@ def _mean_sd(values: list[float]) -> str:
 def build_table(jobs: list[dict], base: dict | None = None) -> str:
     arms = [a for a in ARMS if any(j["arm"] == a for j in jobs)]
     seeds = {a: [j["seed"] for j in jobs if j["arm"] == a] for a in arms}
-    header = ["benchmark"] + ([f"aligned base (no training)"] if base else []) + [
+    header = ["benchmark"] + (["aligned base (no training)"] if base else []) + [
         f"{a} (mean ± sd, seeds {', '.join(seeds[a])})" for a in arms] + [f"{a} per seed" for a in arms]
     if set(arms) == set(ARMS):
         header.append("text_only - image_text")

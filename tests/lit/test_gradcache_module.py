@@ -18,8 +18,8 @@ import pytest
 
 from mmembed.errors import ConfigError
 from mmembed.lit.module import EmbeddingLitModule
-from mmembed.objectives import Captioning, TextPairInfoNCE
 from mmembed.lit.strategies import manual_optimization_split
+from mmembed.objectives import Captioning, TextPairInfoNCE
 from tests.lit.harness import run
 from tests.lit.helpers import max_abs_diff, rel_diff, total_norm
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 
 from mmembed.losses import info_nce
-from tests.pipeline.helpers import build_embedder
-from tests.lit.helpers import rel_diff
 from tests.lit.harness import TRIPLETS
-from tests.pipeline.helpers import compose_train
+from tests.lit.helpers import rel_diff
+from tests.pipeline.helpers import build_embedder, compose_train
 
 
 def _loss_grads_and_layer_calls(model_dir, tmp_path, checkpointing: bool):

@@ -18,11 +18,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from mmembed.lit.module import EmbeddingLitModule
-from mmembed.objectives import Captioning, ImageTextInfoNCE, StepContext, TextPairInfoNCE
 from mmembed.losses import grad_cache_step, info_nce
 from mmembed.models.backbones import load_backbone, projector_module, vision_modules
 from mmembed.models.embedder import MLLMEmbedder
 from mmembed.models.lora import apply_lora
+from mmembed.objectives import Captioning, ImageTextInfoNCE, StepContext, TextPairInfoNCE
 from mmembed.run.training import run_training
 from tests.lit.helpers import rel_diff
 from tests.pipeline.helpers import compose_train

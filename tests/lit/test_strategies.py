@@ -7,13 +7,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from mmembed.errors import MMEmbedError
 from mmembed.lit import strategies
 from mmembed.lit.strategies import DecoderLayerPolicy, StrategyUnavailableError, fsdp_strategy, preflight
 from mmembed.models.quantization import QuantizationUnavailableError, quantization_config
-from mmembed.errors import MMEmbedError
 from mmembed.run.training import run_training
-from tests.pipeline.helpers import build_embedder
-from tests.pipeline.helpers import compose_train
+from tests.pipeline.helpers import build_embedder, compose_train
 
 TINY = ["experiment=text_only", "trainer.max_steps=2", "data.batch_size=4", "data.val_limit=8", "data.val_batch_size=8"]
 

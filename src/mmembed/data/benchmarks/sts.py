@@ -6,9 +6,8 @@ tokens and SimCSE/E5-V's batcher joins them back with single spaces.
 
 from __future__ import annotations
 
-import math
-
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -6,8 +6,8 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmembed.data.images import is_image_file
 from mmembed.data.benchmarks.layout import BenchmarkLayoutError, require
+from mmembed.data.images import is_image_file
 
 ZEROSHOT_LAYOUT = """
 <root>/classes.tsv   tab separated with a header: class_index, class_name [, wnid] [, file_name]

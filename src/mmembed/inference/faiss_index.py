@@ -1,0 +1,244 @@
+"""FAISS indexes over L2-normalised embeddings: build (flat / IVF / HNSW), persist, memory-map, search.
+
+Every index uses the inner-product metric, i.e. cosine similarity on L2-normalised rows:
+- `flat`: `IndexFlatIP`, exact; every query reads every vector.
+- `ivf`: `IndexIVFFlat` with a k-means (spherical) coarse quantiser; a query scans the `nprobe` lists
+  nearest to it. Options: `nlist` (default ~4*sqrt(n)), `train_size` (k-means sample, default
+  min(n, 64*nlist)), `nprobe`, `seed`.
+- `hnsw`: `IndexHNSWFlat` graph; options `M`, `ef_construction`, `ef_search`.
+
+`write_index` writes the FAISS file plus a JSON sidecar (`<path>.json`: kind, options, n, d) so that
+`read_index` can check the file is what the caller expects before searching it.
+See docs/faiss_indexes.md for which kind to pick, with measured numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from mmembed.errors import ConfigError
+
+FORMAT = "mmembed-faiss/1"
+KINDS = ("flat", "ivf", "hnsw")
+OPTIONS = {
+    "flat": {},
+    "ivf": {"nlist": None, "train_size": None, "nprobe": 32, "seed": 0},
+    # M=16, ef_construction=40 (FAISS's own default): what benchmarks/faiss_indexes.py measured at 1M vectors.
+    "hnsw": {"M": 16, "ef_construction": 40, "ef_search": 64},
+}
+NORM_TOLERANCE = 1e-3  # float32 normalisation leaves |norm - 1| ~ 1e-7; anything past this was not normalised
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as err:
+        raise ConfigError("FAISS indexes need the faiss-cpu package: pip install faiss-cpu") from err
+    return faiss
+
+
+def default_nlist(n: int) -> int:
+    """~4*sqrt(n) inverted lists (FAISS's guideline is 4-16*sqrt(n)), at most n."""
+    return max(1, min(n, round(4 * math.sqrt(n))))
+
+
+def build_index(vectors: np.ndarray, kind: str = "flat", **options):
+    """An inner-product FAISS index holding `vectors` ([n, d] float32, rows L2-normalised), ids 0..n-1."""
+    faiss = _faiss()
+    vectors = _check_vectors(vectors)
+    opts = _resolve_options(kind, options, n=vectors.shape[0])
+    n, d = vectors.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "ivf":
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, opts["nlist"], faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = opts["seed"]
+        # Train on a random sample, not the first rows: corpora are often sorted (by source, by class).
+        sample = np.random.default_rng(opts["seed"]).choice(n, opts["train_size"], replace=False)
+        index.train(vectors[np.sort(sample)])
+        index.nprobe = opts["nprobe"]
+    else:
+        index = faiss.IndexHNSWFlat(d, opts["M"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = opts["ef_construction"]
+        index.hnsw.efSearch = opts["ef_search"]
+    index.add(vectors)
+    return index
+
+
+def set_search_params(index, nprobe: int | None = None, ef_search: int | None = None):
+    """Set IVF's `nprobe` / HNSW's `ef_search` (more = slower, higher recall); a setting the kind lacks is an error."""
+    kind = index_kind(index)
+    if nprobe is not None:
+        if kind != "ivf":
+            raise ConfigError(f"nprobe applies to ivf indexes only; this index is {kind}")
+        if not 1 <= nprobe <= index.nlist:
+            raise ConfigError(f"nprobe={nprobe}: expected 1..nlist ({index.nlist})")
+        index.nprobe = int(nprobe)
+    if ef_search is not None:
+        if kind != "hnsw":
+            raise ConfigError(f"ef_search applies to hnsw indexes only; this index is {kind}")
+        if ef_search < 1:
+            raise ConfigError(f"ef_search={ef_search}: expected >= 1")
+        index.hnsw.efSearch = int(ef_search)
+    return index
+
+
+def search(index, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k rows by inner product: (scores [q, k'] float32, ids [q, k'] int64), best first, k' = min(k, n)."""
+    queries = np.asarray(queries)
+    if queries.ndim == 1:
+        queries = queries[None]
+    if queries.ndim != 2 or queries.shape[1] != index.d:
+        raise ConfigError(f"queries have shape {queries.shape}; this index holds {index.d}-d vectors")
+    if k < 1:
+        raise ConfigError(f"k={k}: expected >= 1")
+    k = min(k, index.ntotal)
+    if k == 0:
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+def index_kind(index) -> str:
+    faiss = _faiss()
+    if isinstance(index, faiss.IndexFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT:
+        return "flat"
+    if isinstance(index, faiss.IndexIVFFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT:
+        return "ivf"
+    if isinstance(index, faiss.IndexHNSWFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT:
+        return "hnsw"
+    raise ConfigError(f"{type(index).__name__} is not an inner-product flat/ivf/hnsw index (build it with build_index)")
+
+
+def describe_index(index) -> dict:
+    """The sidecar record of `index`: kind, the options it holds now, n and d."""
+    kind = index_kind(index)
+    if kind == "ivf":
+        options = {"nlist": int(index.nlist), "nprobe": int(index.nprobe)}
+    elif kind == "hnsw":
+        # FAISS stores 2*M neighbours on level 0 and M above it.
+        options = {
+            "M": int(index.hnsw.nb_neighbors(1)),
+            "ef_construction": int(index.hnsw.efConstruction),
+            "ef_search": int(index.hnsw.efSearch),
+        }
+    else:
+        options = {}
+    return {"format": FORMAT, "kind": kind, "options": options, "n": int(index.ntotal), "d": int(index.d)}
+
+
+def sidecar_path(path: str | Path) -> Path:
+    return Path(f"{path}.json")
+
+
+def write_index(index, path: str | Path, extra: Mapping | None = None) -> Path:
+    """Write `index` to `path` and its sidecar to `<path>.json` (`extra`: anything else to record, e.g. the model)."""
+    faiss = _faiss()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = describe_index(index)
+    if extra:
+        info["extra"] = dict(extra)
+    faiss.write_index(index, str(path))
+    sidecar_path(path).write_text(json.dumps(info, indent=2) + "\n")
+    return path
+
+
+def read_index_info(path: str | Path) -> dict:
+    side = sidecar_path(path)
+    if not Path(path).is_file() or not side.is_file():
+        raise ConfigError(
+            f"{path}: expected a FAISS index file and its sidecar {side.name}; write them with write_index"
+        )
+    info = json.loads(side.read_text())
+    if info.get("format") != FORMAT or info.get("kind") not in KINDS:
+        raise ConfigError(f"{side}: not an {FORMAT} sidecar (format {info.get('format')!r}, kind {info.get('kind')!r})")
+    return info
+
+
+def read_index(path: str | Path, mmap: bool = True, expected_n: int | None = None, expected_d: int | None = None):
+    """Load an index written by `write_index`, memory-mapped by default; check it against its sidecar.
+
+    What `mmap=True` does per kind (measured with faiss-cpu 1.15):
+    - ivf: `IO_FLAG_MMAP` reads the inverted lists as `OnDiskInvertedLists` mapped from the file: loading
+      costs no private memory, and a query pages in only the lists it probes.
+    - flat and hnsw: `IO_FLAG_MMAP` only concerns IVF data, so it would load them fully into RAM.
+      `IO_FLAG_MMAP_IFC` (faiss >= 1.11) maps the stored vectors instead, and for HNSW the graph
+      arrays too (no private copy either). A flat query reads the whole file; an HNSW graph walk
+      touches pages all over it: both are only fast while the file stays in the page cache.
+    A mapped index is read-only (do not add to it) and reads the file for as long as it lives: do not
+    overwrite or delete the file meanwhile. With an older faiss lacking IO_FLAG_MMAP_IFC, flat and
+    hnsw load into RAM.
+    """
+    faiss = _faiss()
+    info = read_index_info(path)
+    flags = 0
+    if mmap:
+        flags = faiss.IO_FLAG_MMAP if info["kind"] == "ivf" else getattr(faiss, "IO_FLAG_MMAP_IFC", 0)
+    index = faiss.read_index(str(path), flags)
+    found = describe_index(index)
+    if (found["kind"], found["n"], found["d"]) != (info["kind"], info["n"], info["d"]):
+        raise ConfigError(
+            f"{path} holds a {found['kind']} index of {found['n']} x {found['d']} but its sidecar says "
+            f"{info['kind']} {info['n']} x {info['d']}: rewrite both with write_index"
+        )
+    for name, want, have in (("vectors", expected_n, found["n"]), ("dimension", expected_d, found["d"])):
+        if want is not None and want != have:
+            raise ConfigError(f"{path}: index has {name} {have}, expected {want}; rebuild it for these embeddings")
+    if info["kind"] in ("ivf", "hnsw"):
+        key = "nprobe" if info["kind"] == "ivf" else "ef_search"
+        set_search_params(index, **{key: info["options"][key]})
+    return index
+
+
+def _check_vectors(vectors) -> np.ndarray:
+    if not isinstance(vectors, np.ndarray) or vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.shape[1] == 0:
+        shape = getattr(vectors, "shape", type(vectors).__name__)
+        raise ConfigError(f"vectors must be a non-empty [n, d] numpy array, got {shape}")
+    if vectors.dtype != np.float32:
+        raise ConfigError(f"vectors must be float32, got {vectors.dtype}: pass vectors.astype(np.float32)")
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+    bad = ~(np.abs(norms - 1) <= NORM_TOLERANCE)  # written so that NaN rows count as bad
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ConfigError(
+            f"vectors must be L2-normalised for cosine search: row {row} has norm {norms[row]:.4g} "
+            f"({int(bad.sum())} such rows); divide by np.linalg.norm(v, axis=1, keepdims=True)"
+        )
+    return np.ascontiguousarray(vectors)
+
+
+def _resolve_options(kind: str, options: Mapping, n: int) -> dict:
+    if kind not in KINDS:
+        raise ConfigError(f"index kind {kind!r}: expected one of {KINDS}")
+    unknown = sorted(set(options) - set(OPTIONS[kind]))
+    if unknown:
+        raise ConfigError(f"{kind} index has no option(s) {unknown}; its options are {sorted(OPTIONS[kind])}")
+    opts = {**OPTIONS[kind], **{key: value for key, value in options.items() if value is not None}}
+    for key, value in opts.items():
+        if value is not None and (not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0):
+            raise ConfigError(f"{kind} option {key}={value!r}: expected a non-negative integer")
+    if kind == "ivf":
+        opts["nlist"] = default_nlist(n) if opts["nlist"] is None else opts["nlist"]
+        if not 1 <= opts["nlist"] <= n:
+            raise ConfigError(
+                f"nlist={opts['nlist']} must be between 1 and the number of vectors ({n}) "
+                f"(default ~4*sqrt(n) = {default_nlist(n)})"
+            )
+        if opts["train_size"] is None:
+            opts["train_size"] = min(n, 64 * opts["nlist"])  # FAISS samples at most 256 per list itself
+        if "nprobe" not in options or options["nprobe"] is None:  # the default, not a user's setting, may shrink
+            opts["nprobe"] = min(opts["nprobe"], opts["nlist"])
+        if not opts["nlist"] <= opts["train_size"] <= n:
+            raise ConfigError(
+                f"train_size={opts['train_size']}: k-means needs nlist ({opts['nlist']}) to n ({n}) vectors"
+            )
+        if not 1 <= opts["nprobe"] <= opts["nlist"]:
+            raise ConfigError(f"nprobe={opts['nprobe']}: expected 1..nlist ({opts['nlist']})")
+    if kind == "hnsw" and min(opts.values()) < 1:
+        raise ConfigError(f"hnsw options must be >= 1, got {opts}")
+    return opts
