@@ -1,8 +1,8 @@
 """What the distillation teacher costs: cache build rate, and s/step with the cache vs running the teacher live.
 
-One process, the configured model (default: the offline SmolLM2 default, text_only, LoRA as each recipe
-sets it), the first SNLI triplets of conf/data/nli.yaml. Arms, all on the same batches:
-- text_only: E5-V's InfoNCE (experiment=text_only);
+One process, one model for every arm (default: the offline SmolLM2 default, text_only, unime_stage1's
+LoRA), the first SNLI triplets of conf/data/nli.yaml. Arms, all on the same batches:
+- text_only: E5-V's InfoNCE (experiment=text_only's objective);
 - unime_stage1 (cache): relational distillation, teacher rows looked up from the safetensors cache;
 - unime_stage1 (live teacher): the same loss, the teacher embedding the batch's texts in every step;
 - distillation + infonce: objective=distillation_infonce (each part embeds the batch itself).
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gc
 import os
 import pickle
 import statistics
@@ -94,7 +93,7 @@ def time_steps(embedder, featurizer, objective, batches, max_text_tokens) -> dic
         steps.append(time.perf_counter() - started)
         collates.append(collated - started)
     steps, collates = steps[1:], collates[1:]  # the first step warms up
-    return {"s_per_step": statistics.median(steps), "collate_s": statistics.median(collates), "loss": float(out.loss)}
+    return {"s_per_step": statistics.median(steps), "collate_s": statistics.median(collates), "loss": float(out.loss.detach())}
 
 
 def tau_check(embedder, featurizer, objective, batches, max_text_tokens, taus=(0.01, 0.02, 0.05, 0.1)) -> None:
@@ -148,6 +147,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--teacher", default="all-mpnet-base-v2")
     parser.add_argument("--model", default="default")
+    parser.add_argument("--arms", nargs="*", default=None, help="only the arms whose names contain one of these")
     parser.add_argument("--pickle-files", nargs="*", default=None, help="report the collator's pickled size for these files")
     parser.add_argument("--pickle-teacher", default=None, help="the teacher whose cache --pickle-files has (default: --teacher)")
     args = parser.parse_args()
@@ -190,18 +190,16 @@ def main() -> None:
             "unime_stage1 (live teacher)": (stage1, LiveTeacher(distillation, encoder)),
             "distillation + infonce (cache)": (both, combined),
         }
+        # One model for every arm (unime_stage1's LoRA): the arms differ by their objective only.
         embedder = build_embedder(model_spec(stage1), featurizer, trainable=True, lora=lora_spec(stage1))
         tau_check(embedder, featurizer, distillation, batches, stage1.data.max_text_tokens)
-        del embedder
-        gc.collect()
         results = {}
         for name, (cfg, objective) in arms.items():
-            embedder = build_embedder(model_spec(cfg), featurizer, trainable=True, lora=lora_spec(cfg))
+            if args.arms and not any(a in name for a in args.arms):
+                continue
             results[name] = time_steps(embedder, featurizer, objective, batches, cfg.data.max_text_tokens)
             print(f"{name}: {results[name]}", flush=True)
-            del embedder
-            gc.collect()  # the next arm loads its own copy of the model
-        base = results["text_only (InfoNCE)"]["s_per_step"]
+        base = results.get("text_only (InfoNCE)", next(iter(results.values())))["s_per_step"]
         print(f"\n{args.model}, batch {args.batch_size} triplets ({3 * args.batch_size} texts), median of {args.steps} "
               f"steps; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
         print("| arm | s/step | collate s/step | vs text_only |\n|---|---|---|---|")

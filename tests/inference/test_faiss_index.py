@@ -112,6 +112,14 @@ def test_k_larger_than_the_index_returns_every_row():
     assert ids.shape == (1, 5) and sorted(ids[0].tolist()) == [0, 1, 2, 3, 4]
 
 
+def test_ivf_pads_with_minus_one_when_the_probed_lists_hold_fewer_than_k():
+    x = clustered(200, seed=5)[0]
+    ivf = build_index(x, "ivf", nlist=50, nprobe=1)  # ~4 vectors per list, 20 asked for
+    scores, ids = search(ivf, x[:3], 20)
+    assert (ids[:, -1] == -1).all() and (scores[ids == -1] == np.finfo(np.float32).min).all()
+    assert (ids[:, 0] == [0, 1, 2]).all()
+
+
 def mapped_files() -> str:
     with open("/proc/self/maps") as f:
         return f.read()

@@ -89,7 +89,11 @@ def set_search_params(index, nprobe: int | None = None, ef_search: int | None = 
 
 
 def search(index, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k rows by inner product: (scores [q, k'] float32, ids [q, k'] int64), best first, k' = min(k, n)."""
+    """Top-k rows by inner product: (scores [q, k'] float32, ids [q, k'] int64), best first, k' = min(k, n).
+
+    An approximate index can find fewer than k' rows (IVF lists probed holding fewer vectors): FAISS pads those
+    places with id -1 (and score -3.4e38).
+    """
     queries = np.asarray(queries)
     if queries.ndim == 1:
         queries = queries[None]
