@@ -114,7 +114,7 @@ def build_default_encoder(device: torch.device) -> Bench:
     def make_batch(n: int, gen: torch.Generator) -> dict:
         return make_groups(n, gen)[0]
 
-    return Bench(embedder, embedder.embed, make_batch, make_groups)
+    return Bench(embedder, lambda inputs: embedder(**inputs), make_batch, make_groups)
 
 
 FACTORIES = {"tiny": build_tiny_encoder, "default": build_default_encoder}

@@ -37,7 +37,7 @@ class BadImageError(DataConfigError):
 
     def __init__(self, source: str, reason: str):
         self.source, self.reason = source, reason
-        super().__init__(f"cannot use image {source}: {reason} (data.on_error=skip skips and counts such inputs)")
+        super().__init__(f"cannot use image {source}: {reason} (on_error='skip', data.on_error=skip in training, skips and counts such inputs)")
 
 
 def check_on_error(on_error: str) -> str:

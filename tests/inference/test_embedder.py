@@ -121,11 +121,13 @@ def test_one_modality_per_call(tiny_embedder, image_folder):
 def test_missing_and_unreadable_images_are_named(tiny_embedder, image_folder, tmp_path):
     good = sorted(image_folder.iterdir())[0]
     missing = tmp_path / "no_such_photo.jpg"
-    with pytest.raises(OSError, match="no_such_photo.jpg"):
+    from mmembed.errors import BadImageError
+
+    with pytest.raises(BadImageError, match="no_such_photo.jpg: missing: no such file"):
         tiny_embedder.encode(images=[good, missing])
     broken = tmp_path / "broken_photo.jpg"
     broken.write_bytes(b"not a jpeg at all")
-    with pytest.raises(OSError, match="broken_photo.jpg"):
+    with pytest.raises(BadImageError, match="broken_photo.jpg"):
         tiny_embedder.encode(composed=[(broken, "make it blue")])
 
 

@@ -24,7 +24,7 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tiny_smol
     assert list(cwd.iterdir()) == []  # every output lives under the run folder, nothing in the working dir
     assert {p.name for p in run.iterdir()} <= {".hydra", "train.log", "checkpoints", "csv", "adapters", "cost.json"}
     out = proc.stdout + proc.stderr
-    assert "FloatingPointError: non-finite training loss (nan) at global step 3" in out
+    assert "NonFiniteLossError: non-finite training loss (nan) at global step 3" in out
     assert "Traceback" not in out  # a user-facing message, not a stack trace
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3
