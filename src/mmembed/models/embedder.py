@@ -1,4 +1,4 @@
-"""The E5-V embedder: prompt -> model body -> last token's last-layer state -> L2 normalise.
+"""The embedder: prompt -> model body -> pooler (E5-V's last token by default) -> L2 normalise.
 
 It calls the decoder body (`model.model`), never the LM head: no vocabulary logits and no stack
 of every layer's hidden states are computed, only the final hidden state.
