@@ -3,7 +3,7 @@
     python experiments/results_table.py logs/eval/runs/*/results.json [--out experiments/results/table.md]
 
 Rows are runs (labelled by --labels or model + adapter), columns the local benchmarks: STS12, STS-B
-test, SICK-R test, Flickr8k and COCO-80 retrieval, CIRR local queries, ImageNet-1000 zero-shot. A
+test, SICK-R test, Flickr8k 1k test retrieval, CIRR local queries, ImageNet-1000 zero-shot. A
 "chance" row gives a random ranking's expected score (from the protocol each run recorded).
 """
 
@@ -18,12 +18,10 @@ COLUMNS = [
     ("sts12", "spearman", "STS12"),
     ("stsb", "spearman", "STS-B"),
     ("sickr", "spearman", "SICK-R"),
-    ("flickr8k", "t2i_R@1", "F8k t2i R@1"),
-    ("flickr8k", "t2i_R@10", "F8k t2i R@10"),
-    ("flickr8k", "i2t_R@1", "F8k i2t R@1"),
-    ("flickr8k", "i2t_R@10", "F8k i2t R@10"),
-    ("coco80", "t2i_R@1", "COCO80 t2i R@1"),
-    ("coco80", "i2t_R@1", "COCO80 i2t R@1"),
+    ("flickr8k_1k_test", "t2i_R@1", "F8k-test t2i R@1"),
+    ("flickr8k_1k_test", "t2i_R@10", "F8k-test t2i R@10"),
+    ("flickr8k_1k_test", "i2t_R@1", "F8k-test i2t R@1"),
+    ("flickr8k_1k_test", "i2t_R@10", "F8k-test i2t R@10"),
     ("cirr_local", "R@1", "CIRR-12 R@1"),
     ("cirr_local", "Rsubset@1", "CIRR-12 Rs@1"),
     ("imagenet1k", "acc@1", "IN-1k acc@1"),

@@ -3,17 +3,18 @@ folders searched in order, and the guarantee that no dev/test image or evaluatio
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
 from mmembed.data.benchmarks.caption_splits import normalise_caption, read_token_file
 from mmembed.data.benchmarks.captions import read_caption_config, read_flickr8k_token
 from mmembed.data.benchmarks.layout import BenchmarkLayoutError
+from mmembed.data.heldout import drop_heldout_rows, heldout_sentences
 from mmembed.data.image_text import read_image_text_source, read_image_text_sources
 from mmembed.errors import DataConfigError
 from tests.conftest import REPO
@@ -191,23 +192,11 @@ def test_no_dev_or_test_image_reaches_a_training_source(data_root, training_pair
         assert not {Path(p.image).name for p in pairs} & held_out, stem
 
 
-# Full local suites that knowingly evaluate on training images (all 1,000 flickr8k/images, COCO-80);
-# they are retargeted after a before/after comparison. Expected to leak until then.
-REUSES_TRAINING_DATA = {"retrieval", "local_full", "quick"}
 NOT_LOCAL = {"e5v_paper"}  # Flickr30K / COCO Karpathy test: not in the shared data
 
 
-def _suite_params():
-    for path in sorted((REPO / "conf" / "eval").glob("*.yaml")):
-        marks = [pytest.mark.xfail(strict=True, reason="full local suite reuses training images")] \
-            if path.stem in REUSES_TRAINING_DATA else []
-        yield pytest.param(path.stem, marks=marks)
-
-
-@pytest.mark.parametrize("suite", list(_suite_params()))
+@pytest.mark.parametrize("suite", sorted(p.stem for p in (REPO / "conf" / "eval").glob("*.yaml") if p.stem not in NOT_LOCAL))
 def test_no_eval_image_or_caption_is_a_training_one(suite, data_root, training_pairs):
-    if suite in NOT_LOCAL:
-        pytest.skip("no local copy of this suite's caption benchmarks")
     cfg = _compose_eval(suite, data_root)
     benchmarks = OmegaConf.to_container(cfg.eval.benchmarks, resolve=True) or {}
     caption_sets = [dict(b, name=k) for k, b in benchmarks.items() if b and b.get("task") == "retrieval"]
@@ -223,16 +212,48 @@ def test_no_eval_image_or_caption_is_a_training_one(suite, data_root, training_p
         assert not eval_captions & {normalise_caption(p.text) for p in pairs}, (suite, stem)
 
 
-@pytest.mark.xfail(strict=True, reason="SNLI premises are Flickr30k captions: 177 distinct sentences of conf/data/nli.yaml's "
-                   "triplets are Flickr8k 1k-test captions (reported; the text-pair reader does not filter them yet)")
-def test_no_nli_training_sentence_is_a_flickr8k_test_caption(data_root):
-    bench = read_caption_config(OmegaConf.to_container(_compose_eval("flickr8k_1k", data_root)
-                                                       .eval.benchmarks.flickr8k_1k_test, resolve=True))
-    test_captions = {normalise_caption(c) for c in bench.captions}
-    cfg = OmegaConf.create({"paths": {"data_root": str(data_root)}, "data": OmegaConf.load(REPO / "conf/data/nli.yaml")})
-    shared = set()
-    for file in OmegaConf.to_container(cfg.data.train_files, resolve=True):
-        with open(file, encoding="utf-8", newline="") as f:
-            for row in csv.DictReader(f):
-                shared |= {normalise_caption(s) for s in row.values() if s} & test_captions
-    assert not shared, f"{len(shared)} sentences, e.g. {sorted(shared)[:3]}"
+def _every_eval_sentence(data_root) -> set[str]:
+    """Every STS sentence and caption of every local evaluation suite (conf/eval/*), case/spacing folded."""
+    sentences = set()
+    for path in sorted((REPO / "conf" / "eval").glob("*.yaml")):
+        if path.stem in NOT_LOCAL:
+            continue
+        benchmarks = OmegaConf.to_container(_compose_eval(path.stem, data_root).eval.benchmarks, resolve=True) or {}
+        sentences |= heldout_sentences({k: b for k, b in benchmarks.items() if b and b.get("task") in ("sts", "retrieval")})
+    return sentences
+
+
+def _training_rows(data: str, data_root: Path, *overrides: str):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", [f"data={data}", f"paths.data_root={data_root}", *overrides])
+    datamodule = instantiate(cfg.data)
+    rows = datamodule.read_train_set()
+    texts = [t for c in rows.column_names for t in rows[c]] if hasattr(rows, "column_names") else [r["text"] for r in rows]
+    return datamodule, {normalise_caption(t) for t in texts}
+
+
+# Read from the shared data, then pinned: SNLI's premises are Flickr30k captions (Flickr8k test / dev captions
+# among them) and STS reuses caption and news sentences; Flickr8k training captions include STS-B sentences.
+HELD_OUT_ROWS = {"nli": 280, "image_text": 231}
+
+
+@pytest.mark.parametrize("data", sorted(HELD_OUT_ROWS))
+def test_no_evaluation_sentence_reaches_a_training_set(data, data_root):
+    eval_sentences = _every_eval_sentence(data_root)
+    assert len(eval_sentences) > 15_000  # STS12 + STS-B + SICK-R + the 5,000 Flickr8k test captions
+    datamodule, trained = _training_rows(data, data_root)
+    assert not trained & eval_sentences
+    assert datamodule.heldout_dropped == HELD_OUT_ROWS[data]
+    # ... and it is the filter that keeps them out: without it the same files do hold evaluation sentences
+    unfiltered, trained = _training_rows(data, data_root, "heldout=none")
+    assert unfiltered.heldout_dropped == 0 and len(trained & eval_sentences) > 100
+
+
+def test_heldout_filter_drops_rows_by_any_column_case_and_spacing_folded():
+    from datasets import Dataset
+
+    rows = Dataset.from_dict({"sent0": ["A dog runs .", "Two kids play", "x"], "sent1": ["y", "z", "a  MAN surfs ."]})
+    kept, dropped = drop_heldout_rows(rows, rows.column_names, frozenset({"a man surfs .", "a dog runs ."}))
+    assert dropped == 2 and kept["sent0"] == ["Two kids play"]
+    listed, dropped = drop_heldout_rows([{"text": "A dog runs ."}, {"text": "a dog"}], ["text"], frozenset({"a dog runs ."}))
+    assert dropped == 1 and listed == [{"text": "a dog"}]

@@ -32,10 +32,10 @@ def _compose(suite, data_root, *overrides):
 @pytest.mark.parametrize(
     "suite, names",
     [
-        ("local_full", ["sts12", "stsb", "sickr", "flickr8k", "coco80", "cirr_local", "imagenet1k"]),
-        ("quick", ["stsb", "coco80", "cirr_local"]),
+        ("local_full", ["sts12", "stsb", "sickr", "flickr8k_1k_test", "cirr_local", "imagenet1k"]),
+        ("quick", ["stsb", "flickr8k_1k_test", "cirr_local"]),
         ("sts", ["sts12", "stsb", "sickr"]),
-        ("retrieval", ["flickr8k", "coco80"]),
+        ("retrieval", ["flickr8k_1k_test"]),
     ],
 )
 def test_local_suites_compose_and_data_is_complete(suite, names, data_root):
@@ -47,9 +47,9 @@ def test_local_suites_compose_and_data_is_complete(suite, names, data_root):
 
 
 def test_disable_and_override_from_command_line(data_root):
-    cfg = _compose("local_full", data_root, "eval.benchmarks.sickr=null", "eval.benchmarks.flickr8k.i2i=true")
+    cfg = _compose("local_full", data_root, "eval.benchmarks.sickr=null", "eval.benchmarks.flickr8k_1k_test.i2i=true")
     benchmarks = {b["name"]: b for b in _benchmark_list()(cfg.eval)}
-    assert "sickr" not in benchmarks and benchmarks["flickr8k"]["i2i"] is True
+    assert "sickr" not in benchmarks and benchmarks["flickr8k_1k_test"]["i2i"] is True
 
 
 def test_paper_suite_composes_and_names_missing_data(tmp_path):

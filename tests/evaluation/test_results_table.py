@@ -29,12 +29,12 @@ def _run(tmp_path, name, metrics_by_bench, adapter=None):
 
 def test_table(tmp_path, capsys):
     a = _run(tmp_path, "a", {"sts12": {"spearman": 50.0}, "stsb": {"spearman": 60.0}, "sickr": {"spearman": 70.0},
-                             "flickr8k": {"t2i_R@1": 1.234, "i2t_R@1": 2.0}})
+                             "flickr8k_1k_test": {"t2i_R@1": 1.234, "i2t_R@1": 2.0}})
     b = _run(tmp_path, "b", {"stsb": {"spearman": 65.55}}, adapter="/logs/train/runs/r1/adapters/last")
     text = _module().main([str(a), str(b.parent), "--out", str(tmp_path / "t.md")])
     rows = text.splitlines()
-    assert rows[0].startswith("| run | STS12 | STS-B | SICK-R | F8k t2i R@1")
+    assert rows[0].startswith("| run | STS12 | STS-B | SICK-R | F8k-test t2i R@1")
     assert rows[2].startswith("| v1 | 50.0 | 60.0 | 70.0 | 1.2 |") and rows[2].endswith("| 60.0 |")  # STS avg
     assert rows[3].startswith("| v1 + r1/last | - | 65.5 | - |") and rows[3].endswith("| - |")
     assert rows[4].startswith("| chance | 0.0 | 0.0 | 0.0 | 0.1 |")
-    assert (tmp_path / "t.md").read_text() == text and "flickr8k: images 1000" in text
+    assert (tmp_path / "t.md").read_text() == text and "flickr8k_1k_test: images 1000" in text

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mmembed.data.benchmarks.sts import read_sick, read_sts12_16, read_stsb
-from mmembed.evaluation.common import floats, option, prompt_record, required
+from mmembed.data.benchmarks.sts import read_sts_config
+from mmembed.evaluation.common import floats, prompt_record, required
 from mmembed.evaluation.encode import encode_texts
 from mmembed.metrics.sts import STSSpearman
 
@@ -30,19 +30,8 @@ def _score(embedder, subsets, batch_size: int, progress: bool, name: str) -> tup
 
 def read_sts(cfg):
     """(list of STSPairs, description of the setting) for an STS benchmark config."""
-    fmt, path = required(cfg, "format"), required(cfg, "path")
-    if fmt == "sts12_16":
-        subsets = read_sts12_16(path)
-        setting = "all: Spearman over the pooled sub-files (SentEval 'all'); per sub-file also given"
-    elif fmt == "stsb":
-        subsets = [read_stsb(path, option(cfg, "split", "test"))]
-        setting = f"split {option(cfg, 'split', 'test')}"
-    elif fmt == "sick":
-        subsets = [read_sick(path, option(cfg, "split", "TEST"))]
-        setting = f"split {option(cfg, 'split', 'TEST')}"
-    else:
-        raise ValueError(f"unknown STS format {fmt!r}; expected sts12_16, stsb or sick")
-    return subsets, setting
+    required(cfg, "format"), required(cfg, "path")
+    return read_sts_config(cfg)
 
 
 def run_sts(embedder, cfg, batch_size: int = 32, progress: bool = True) -> dict:

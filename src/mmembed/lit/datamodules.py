@@ -10,7 +10,7 @@ the featurizer and the objective, never the model.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmembed.data.collate import ObjectiveCollator, TextPairRows
+from mmembed.data.heldout import drop_heldout_rows, heldout_sentences
 from mmembed.data.sampling import ResumableDataLoader, ResumableRandomSampler
 from mmembed.data.text_pairs import load_text_pairs
 from mmembed.errors import DataConfigError, SkipCounter
@@ -41,8 +42,11 @@ class StsValidatedDataModule(L.LightningDataModule):
         val_split: str = "dev",
         val_limit: int | None = None,
         val_batch_size: int = 64,
+        heldout: Mapping[str, Mapping] | None = None,
     ):
         super().__init__()
+        # Evaluation sets (conf/heldout) whose sentences no training row may hold: such rows are dropped.
+        self.heldout, self.heldout_dropped = heldout, 0
         if on_error not in ("skip", "raise"):
             raise DataConfigError(f"data.on_error={on_error!r}: expected skip or raise")
         self.featurizer, self.objective = featurizer, objective
@@ -68,6 +72,11 @@ class StsValidatedDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     # ---- shared ----
+    def without_heldout(self, rows, columns: list[str]):
+        """The training rows minus those holding an evaluation sentence (their number: `heldout_dropped`)."""
+        rows, self.heldout_dropped = drop_heldout_rows(rows, columns, heldout_sentences(self.heldout))
+        return rows
+
     def check_data(self) -> None:
         """Read every training and validation file now (formats, columns, empty files): run before the
         model loads, so bad data costs seconds."""
@@ -164,7 +173,8 @@ class TextPairDataModule(StsValidatedDataModule):
         super().check_paths()
 
     def read_train_set(self):
-        return load_text_pairs(self.train_files, on_error=self.on_error, skips=self.skips)
+        rows = load_text_pairs(self.train_files, on_error=self.on_error, skips=self.skips)
+        return self.without_heldout(rows, rows.column_names)
 
     def row_preparer(self) -> TextPairRows:
         return TextPairRows(self.featurizer, self.max_text_tokens)

@@ -33,7 +33,7 @@ class ImageTextDataModule(StsValidatedDataModule):
         super().check_paths()
 
     def read_train_set(self) -> list[dict]:
-        return pairs_as_rows(read_image_text_sources(self.sources))
+        return self.without_heldout(pairs_as_rows(read_image_text_sources(self.sources)), ["text"])
 
     def row_preparer(self) -> ImageTextRows:
         return ImageTextRows(self.featurizer, self.max_text_tokens, self.on_error, self.max_pixels)

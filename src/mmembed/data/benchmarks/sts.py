@@ -143,3 +143,20 @@ def read_sick(file: str | Path, split: str = "TEST") -> STSPairs:
         s2.append(_norm(row[ib]))
         scores.append(float(row[isc]))
     return STSPairs(f"SICK-R-{split.lower()}", s1, s2, scores, {"path": str(file), "split": split})
+
+
+def read_sts_config(cfg) -> tuple[list[STSPairs], str]:
+    """(list of STSPairs, description of the setting) for an STS benchmark config mapping:
+    `format` (sts12_16 / stsb / sick), `path`, and `split` for stsb (default test) and sick (TEST)."""
+    fmt, path = cfg.get("format"), cfg.get("path")
+    if not fmt or not path:
+        raise ValueError(f"an STS benchmark needs `format` and `path`, got {dict(cfg)}")
+    if fmt == "sts12_16":
+        return read_sts12_16(path), "all: Spearman over the pooled sub-files (SentEval 'all'); per sub-file also given"
+    if fmt == "stsb":
+        split = cfg.get("split") or "test"
+        return [read_stsb(path, split)], f"split {split}"
+    if fmt == "sick":
+        split = cfg.get("split") or "TEST"
+        return [read_sick(path, split)], f"split {split}"
+    raise ValueError(f"unknown STS format {fmt!r}; expected sts12_16, stsb or sick")

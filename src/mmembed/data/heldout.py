@@ -1,0 +1,62 @@
+"""Evaluation sentences that training never sees, and the filter that keeps them out of text training rows.
+
+Text training files can hold evaluation sentences: SNLI's premises are Flickr30k captions, and the STS
+sets reuse news, forum and caption sentences. With the shared data, 177 distinct sentences of the SNLI
+triplets are Flickr8k 1k-test captions, 27 are STS-B test sentences and 44 are STS12 ones.
+`heldout_sentences` reads the evaluation sets listed in `conf/heldout/` with the evaluation readers;
+`drop_heldout_rows` drops every training row that holds one of them in any column (compared with case
+and spacing folded) and logs how many went. These are not bad rows, so they are not counted in
+`data/skipped`; the DataModule keeps the number (`heldout_dropped`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+from mmembed.data.benchmarks.caption_splits import normalise_caption
+from mmembed.errors import DataConfigError
+
+log = logging.getLogger(__name__)
+
+def _sentences_of(name: str, source: Mapping) -> Iterable[str]:
+    from mmembed.data.benchmarks.captions import read_caption_config
+    from mmembed.data.benchmarks.sts import read_sts_config
+
+    task = source.get("task")
+    if task == "sts":
+        subsets, _ = read_sts_config(source)
+        return [s for pairs in subsets for s in pairs.sentences1 + pairs.sentences2]
+    if task == "retrieval":
+        return read_caption_config(dict(source, name=name), check_images=False).captions
+    raise DataConfigError(f"heldout.sources.{name}: task {task!r} has no sentences to hold out (expected sts or retrieval)")
+
+
+def heldout_sentences(sources: Mapping[str, Mapping] | None) -> frozenset[str]:
+    """Every sentence of the named evaluation sets, case and spacing folded (`normalise_caption`)."""
+    out: set[str] = set()
+    for name, source in (sources or {}).items():
+        if not source:  # `heldout.sources.<name>=null` leaves one set out
+            continue
+        try:
+            out |= {normalise_caption(s) for s in _sentences_of(name, source)}
+        except (OSError, ValueError, KeyError) as err:
+            if isinstance(err, DataConfigError):
+                raise
+            raise DataConfigError(f"heldout.sources.{name}: cannot read it: {err}") from err
+    return frozenset(out)
+
+
+def drop_heldout_rows(rows, columns: list[str], heldout: frozenset[str]):
+    """(`rows` without those holding a held-out sentence in any of `columns`, how many were dropped);
+    `rows` is a `datasets.Dataset` (text pairs) or a list of dicts (image-caption rows), returned as such."""
+    if not heldout or len(rows) == 0:
+        return rows, 0
+    is_dataset = hasattr(rows, "column_names")
+    values = [rows[c] for c in columns] if is_dataset else [[r[c] for r in rows] for c in columns]
+    hit = {i for i, row in enumerate(zip(*values)) if any(normalise_caption(v) in heldout for v in row)}
+    if not hit:
+        return rows, 0
+    log.info("left out %d of %d training rows holding an evaluation sentence (conf/heldout)", len(hit), len(rows))
+    keep = [i for i in range(len(rows)) if i not in hit]
+    return (rows.select(keep) if is_dataset else [rows[i] for i in keep]), len(hit)
