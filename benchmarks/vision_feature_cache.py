@@ -1,15 +1,16 @@
-"""Step time of a projector-alignment captioning step with and without the vision feature cache.
+"""Step time of projector alignment (`experiment=align`) with and without `model.vision_feature_cache`.
 
-Both arms train the projector alone (the LLM and tower frozen, the tower in eval mode, as
-`experiment=align` does) on the same Flickr8k training images and captions, AdamW on the projector:
-- uncached: open the JPEGs, preprocess them (224 px), run the tower, projector + LLM forward/backward;
-- cached:   read the tower's feature maps from the cache (filled beforehand, one pass), tokenise the
-            prompts with the image placeholders expanded, projector + LLM forward/backward.
-Steps alternate between the arms (the CPU is shared: alternation keeps load drift out of the ratio);
-the first step of each arm is a warm-up and not counted. The cached inputs are checked to equal the
-featurizer's (ids, mask, labels) and the two losses to agree before anything is timed.
+Both arms are the training path itself: batches from `data=image_text`'s DataModule and collator (Flickr8k
+train split, JPEGs opened and preprocessed by the featurizer), the configured objective (captioning by
+default) on the embedder `build_embedder` makes with `train_projector=true` (LLM and tower frozen, the
+tower in eval mode, as the LightningModule sets it), AdamW on the projector. The cached arm routes the
+tower through `TowerFeatureCache` (mmembed.models.vision_feature_cache), filled by one pass over the
+batches first (timed: the one-off cost); the uncached arm runs the tower every step. Steps alternate
+between the arms on the same batches (the CPU is shared: alternation keeps load drift out of the
+ratio), the first step of each arm is a warm-up, and both arms' losses are checked equal first.
 
-    python benchmarks/vision_feature_cache.py --steps 4 --batch-size 16
+    python benchmarks/vision_feature_cache.py --steps 6 --batch-size 16
+    python benchmarks/vision_feature_cache.py --objective captioning_image_text
 """
 
 from __future__ import annotations
@@ -20,128 +21,85 @@ import os
 import statistics
 import tempfile
 import time
+from itertools import islice
 from pathlib import Path
 
 import torch
-from PIL import Image
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
-from mmembed.data.benchmarks.captions import read_caption_config
-from mmembed.models.backbones import load_backbone, projector_module
-from mmembed.models.featurizer import DEFAULT_CAPTION_INSTRUCTION, IGNORE_INDEX, Featurizer
-from mmembed.models.prompts import PromptConfig
-from mmembed.models.vision_feature_cache import VisionFeatureCache
+from mmembed.models.factory import build_embedder
+from mmembed.models.vision_feature_cache import install_tower_cache
+from mmembed.objectives import StepContext
+from mmembed.run.config import lora_spec, model_spec
 
-DATA = Path(os.environ.get("MMEMBED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def training_pairs(n: int) -> tuple[list[Path], list[str]]:
-    """The first n Flickr8k *train*-split images (224 px copies) with their first caption."""
-    root = DATA / "flickr8k_224"
-    bench = read_caption_config({
-        "name": "flickr8k_train", "format": "flickr8k_token", "captions": str(root / "text" / "Flickr8k.token.txt"),
-        "images": [str(root / "images")], "split": "train", "max_images": n,
-        "split_files": {s: str(root / "text" / f"Flickr_8k.{s}Images.txt") for s in ("train", "dev", "test")},
-    })
-    first = {}
-    for caption, image in zip(bench.captions, bench.caption_image):
-        first.setdefault(image, caption)
-    return bench.images, [first[i] for i in range(len(bench.images))]
-
-
-def text_inputs(featurizer: Featurizer, captions: list[str], image_tokens: int) -> dict[str, torch.Tensor]:
-    """`Featurizer.caption_inputs` without images: the `<image>` placeholder expanded to the tower's
-    token count by hand (what LlavaProcessor does from the pixel shape), labels on the answer tokens."""
-    tokenizer = featurizer.tokenizer
-    prompt = featurizer.renderer.user_turn(DEFAULT_CAPTION_INSTRUCTION, what="captioning prompts")
-    prompt = prompt.replace(featurizer.image_token, featurizer.image_token * image_tokens)
-    answers = [c + (tokenizer.eos_token or "") for c in captions]
-    inputs = dict(tokenizer([prompt + a for a in answers], return_tensors="pt", padding=True, padding_side="right",
-                            add_special_tokens=False))
-    lengths = [len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]]
-    labels = torch.full_like(inputs["input_ids"], IGNORE_INDEX)
-    for row, (total, answer) in enumerate(zip(inputs["attention_mask"].sum(dim=1).tolist(), lengths)):
-        labels[row, total - answer : total] = inputs["input_ids"][row, total - answer : total]
-    inputs["labels"] = labels
-    return inputs
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="default")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per arm (after one warm-up each)")
-    parser.add_argument("--cache-dir", default=None, help="default: a fresh temporary folder")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per arm (after one warm-up each)")
+    parser.add_argument("--objective", default="captioning", help="a conf/objective group option")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (after --), e.g. model.name_or_path=...")
     args = parser.parse_args()
 
-    backbone = load_backbone(args.model)
-    model, image_processor = backbone.model, backbone.processor.image_processor
-    featurizer = Featurizer(backbone.processor, backbone.tokenizer, backbone.family, backbone.image_token,
-                            PromptConfig(system=""))
-    model.requires_grad_(False)
-    projector = projector_module(model).requires_grad_(True)
-    model.train()
-    model.model.vision_tower.eval()
-    optimizer = torch.optim.AdamW([p for p in projector.parameters() if p.requires_grad], lr=1e-4)
-    n = args.batch_size * (args.steps + 1)
-    paths, captions = training_pairs(n)
-    batches = [(paths[i : i + args.batch_size], captions[i : i + args.batch_size]) for i in range(0, n, args.batch_size)]
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", ["experiment=align", f"objective={args.objective}", f"data.batch_size={args.batch_size}",
+                                "data.num_workers=0", *args.overrides])
+    objective = instantiate(cfg.objective, _convert_="all")
+    spec = model_spec(cfg, explicit_prompts=False)
+    embedder = build_embedder(spec, trainable=True, lora=lora_spec(cfg), train_projector=True)
+    datamodule = instantiate(cfg.data, featurizer=embedder.featurizer, objective=objective)
+    datamodule.setup("fit")
+    batches = [b["features"] for b in islice(iter(datamodule.train_dataloader()), args.steps + 1)]
+
+    embedder.train()
+    body = next(m for m in embedder.modules() if hasattr(m, "vision_tower") and hasattr(m, "get_vision_features"))
+    body.vision_tower.eval()
+    optimizer = torch.optim.AdamW([p for p in embedder.parameters() if p.requires_grad], lr=1e-4)
 
     with tempfile.TemporaryDirectory() as tmp:
-        cache = VisionFeatureCache.for_model(model, image_processor, args.cache_dir or tmp)
-        t0 = time.perf_counter()
-        for batch_paths, _ in batches:  # the one-off pass that fills the cache
-            cache.vision_features(batch_paths, model, image_processor)
-        fill_s = time.perf_counter() - t0
+        cache = install_tower_cache(embedder.model, tmp)
+        arms = {"uncached": cache.compute, "cached": cache}
 
-        def uncached(batch_paths, batch_captions):
-            images = [Image.open(p).convert("RGB") for p in batch_paths]
-            return featurizer.caption_inputs(images, batch_captions)
-
-        def miss(_):
-            raise RuntimeError("cache miss: the fill pass should have stored every image")
-
-        def cached(batch_paths, batch_captions):
-            features, _ = cache.lookup(batch_paths, miss)
-            inputs = text_inputs(featurizer, batch_captions, model.config.image_seq_length)
-            return {**inputs, "vision_features": features}
-
-        def step(make_inputs, batch):
-            """(seconds making the inputs, seconds of forward + backward + optimizer step)"""
+        def step(arm: str, features: dict) -> float:
+            body.get_vision_features = arms[arm]
             start = time.perf_counter()
-            inputs = make_inputs(*batch)
-            made = time.perf_counter()
-            model(**inputs).loss.backward()
+            objective(embedder, features, StepContext(training=True)).loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            return made - start, time.perf_counter() - made
+            return time.perf_counter() - start
 
-        # Same inputs and loss both ways before anything is timed.
-        reference = uncached(*batches[0])
-        shortcut = cached(*batches[0])
-        for key in ("input_ids", "attention_mask", "labels"):
-            assert torch.equal(reference[key], shortcut[key]), key
-        with torch.no_grad():
-            a = float(model(**reference).loss)
-            b = float(model(**shortcut).loss)
-        assert abs(a - b) < 1e-5, (a, b)
+        t0 = time.perf_counter()
+        with torch.no_grad():  # the one-off pass that fills the cache (the tower runs once per image)
+            for features in batches:
+                body.get_vision_features = cache
+                objective(embedder, features, StepContext(training=False))
+        fill_s = time.perf_counter() - t0
+        filled = cache.misses
 
-        arms = [("uncached", uncached), ("cached", cached)]
-        parts = {arm: [] for arm, _ in arms}
-        for i, batch in enumerate(batches):
-            for arm, make in arms if i % 2 == 0 else arms[::-1]:
-                timing = step(make, batch)
+        with torch.no_grad():  # the same losses both ways before anything is timed
+            check = {}
+            for arm in arms:
+                body.get_vision_features = arms[arm]
+                check[arm] = float(objective(embedder, batches[0], StepContext(training=False)).loss)
+        assert abs(check["cached"] - check["uncached"]) < 1e-5, check
+
+        times = {arm: [] for arm in arms}
+        for i, features in enumerate(batches):
+            for arm in (("uncached", "cached") if i % 2 == 0 else ("cached", "uncached")):
+                seconds = step(arm, features)
                 if i > 0:  # step 0 is each arm's warm-up
-                    parts[arm].append(timing)
-    times = {arm: [sum(t) for t in ts] for arm, ts in parts.items()}
+                    times[arm].append(seconds)
+        assert cache.misses == filled, "the timed cached steps must all be hits"
     median = {arm: statistics.median(t) for arm, t in times.items()}
     print(json.dumps({
-        "model": backbone.name_or_path, "batch_size": args.batch_size, "timed_steps_per_arm": args.steps,
-        "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(),
-        "cache_fill_s": round(fill_s, 2), "check_losses": [round(a, 6), round(b, 6)],
+        "model": spec.name_or_path, "objective": args.objective, "batch_size": args.batch_size,
+        "timed_steps_per_arm": args.steps, "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+        "cache_fill_s": round(fill_s, 2), "distinct_images_filled": filled, "check_losses": check,
         "sec_per_step": {arm: [round(t, 2) for t in ts] for arm, ts in times.items()},
         "median_sec_per_step": {arm: round(t, 2) for arm, t in median.items()},
-        "median_sec_making_inputs": {arm: round(statistics.median(t[0] for t in ts), 3) for arm, ts in parts.items()},
-        "median_sec_forward_backward": {arm: round(statistics.median(t[1] for t in ts), 2) for arm, ts in parts.items()},
         "cached_over_uncached": round(median["cached"] / median["uncached"], 3),
     }, indent=2))
 

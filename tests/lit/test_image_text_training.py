@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
@@ -244,3 +245,58 @@ def test_unreadable_training_images_are_skipped_and_logged(tiny_smol_llava_dir, 
     assert summary["data_quality"] == [{"epoch": 0, "skipped": 4, "truncated": 0}]
     # 8 rows, 4 unreadable images masked out: each caption competes with the other 3 readable images.
     assert summary["metrics"]["data/skipped"] == 4 and summary["metrics"]["train/num_negatives"] == 3
+
+
+def test_tower_feature_cache_gives_the_same_alignment_and_skips_the_tower_on_a_rerun(tiny_smol_llava_dir, tmp_path,
+                                                                                      data_root):
+    """experiment=align with model.vision_feature_cache=true: the same losses and aligned weights as without
+    it, the tower runs once per distinct image, and a second run reads every map from the disk cache."""
+    from safetensors.torch import load_file
+
+    import mmembed.models.vision_feature_cache as vfc
+
+    installed = []
+    real_install = vfc.install_tower_cache
+
+    def spy(model, cache_dir=None):
+        installed.append(real_install(model, cache_dir))
+        return installed[-1]
+
+    vfc.install_tower_cache = spy
+    try:
+        results = {}
+        for name, cached in (("plain", False), ("cached", True), ("rerun", True)):
+            overrides = ["experiment=align", *_tiny_overrides(tiny_smol_llava_dir, tmp_path / name),
+                         f"model.vision_feature_cache={str(cached).lower()}", f"paths.cache_dir={tmp_path / 'cache'}",
+                         "trainer.max_steps=3", "data.train_limit=8"]  # 8 rows, batch 4: step 3 repeats images
+            summary = run_training(compose_train(overrides, tmp_path / name / "run"))
+            aligned = load_file(str(tmp_path / name / "models" / "smol_llava_aligned" / "model.safetensors"))
+            results[name] = (summary["metrics"]["train/loss"], aligned)
+    finally:
+        vfc.install_tower_cache = real_install
+    for name in ("cached", "rerun"):
+        assert results[name][0] == pytest.approx(results["plain"][0], abs=1e-6)
+        assert all(torch.allclose(results[name][1][k], results["plain"][1][k], atol=1e-6) for k in results["plain"][1])
+    first, rerun = installed
+    distinct = first.misses
+    assert 0 < distinct <= 8 and first.hits == 12 - distinct  # 3 steps x 4 rows; the third step repeats
+    assert first.memory is not None and len(first.memory) == distinct
+    assert rerun.misses == 0 and rerun.hits == 12  # everything from the disk cache: the tower never ran
+    assert len(list((tmp_path / "cache" / "vision_features").rglob("*.safetensors"))) == distinct
+
+
+def test_tower_feature_cache_refuses_a_tower_that_trains(tiny_smol_llava_dir, tmp_path):
+    from mmembed.errors import ConfigError
+    from mmembed.models.vision_feature_cache import install_tower_cache
+
+    backbone = load_backbone(str(tiny_smol_llava_dir))
+    cache = install_tower_cache(backbone.model, tmp_path)
+    pixels = torch.rand(2, 3, 32, 32)
+    backbone.model.eval()
+    with pytest.raises(ConfigError, match="frozen vision tower"):
+        cache(pixels)  # every parameter still requires grad
+    backbone.model.requires_grad_(False)
+    backbone.model.model.vision_tower.train()
+    with pytest.raises(ConfigError, match="eval mode"):
+        cache(pixels)
+    assert set(backbone.model.state_dict()) == set(load_backbone(str(tiny_smol_llava_dir)).model.state_dict())

@@ -53,6 +53,8 @@ class ModelSpec:
     prompts: PromptConfig | None = None  # explicit: wins over everything
     default_prompts: PromptConfig = field(default_factory=PromptConfig)  # used when nothing is saved
     pooler: object | None = None  # a mmembed.models.pooling pooler; None = last token (E5-V)
+    # Frozen vision tower's feature maps computed once per distinct image and reused (cache_dir/vision_features)
+    vision_feature_cache: bool = False
 
 
 def resolve_prompts(spec: ModelSpec, model_folder: str | None = None) -> tuple[PromptConfig, str]:
@@ -122,4 +124,8 @@ def build_embedder(
         if lora is None or not lora.enabled:
             backbone.model.requires_grad_(False)  # projector alignment: the projector alone learns
         projector_module(backbone.model).requires_grad_(True)
+    if spec.vision_feature_cache:
+        from mmembed.models.vision_feature_cache import install_tower_cache
+
+        install_tower_cache(backbone.model, spec.cache_dir)
     return MLLMEmbedder(backbone, pooler=spec.pooler, featurizer=featurizer)

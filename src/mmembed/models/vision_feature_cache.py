@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mmembed.errors import BadImageError
+from mmembed.errors import BadImageError, ConfigError
 from mmembed.models.default_model import default_cache_dir
 
 SUBDIR = "vision_features"
@@ -149,3 +149,70 @@ def _as_pil(image):
     if isinstance(image, (bytes, bytearray, memoryview)):
         return Image.open(BytesIO(bytes(image))).convert("RGB")
     return image.convert("RGB")
+
+
+class TowerFeatureCache:
+    """The frozen tower's feature maps during training, computed once per distinct preprocessed image.
+
+    Installed on one model instance (`install_tower_cache`), it stands in for the body's
+    `get_vision_features(pixel_values)`: each row of `pixel_values` is keyed by the sha256 of its bytes
+    (the decoded image *after* preprocessing, so the key already covers resizing, crop and normalisation)
+    under the tower's weight fingerprint. Rows seen before come from memory (this run) or the disk cache
+    (earlier runs, `<cache dir>/vision_features/<model key>/`); the rest go through the tower in one call
+    and are stored. The tower must be frozen: cached maps carry no gradient. Nothing changes in the
+    model's state_dict, so saved models and adapters are the same with or without the cache.
+    """
+
+    def __init__(self, body: nn.Module, cache_dir: str | Path | None = None, keep_in_memory: bool = True):
+        self.tower = body.vision_tower
+        self.compute = body.get_vision_features  # the bound method, before it is replaced
+        self.disk = VisionFeatureCache(vision_model_key(self.tower), "pixels", cache_dir)
+        self.memory: dict[str, torch.Tensor] | None = {} if keep_in_memory else None
+        self.hits = self.misses = 0
+
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if any(p.requires_grad for p in self.tower.parameters()):
+            raise ConfigError("model.vision_feature_cache=true needs a frozen vision tower, but it is being trained")
+        if self.tower.training:
+            raise ConfigError("model.vision_feature_cache=true needs the vision tower in eval mode (BatchNorm "
+                              "statistics fixed); it is in train mode")
+        keys = [hashlib.sha256(row.detach().cpu().contiguous().numpy().tobytes()).hexdigest() for row in pixel_values]
+        found = {key: self._get(key) for key in dict.fromkeys(keys)}
+        missing = [key for key, features in found.items() if features is None]  # distinct: one tower row each
+        if missing:
+            rows = [keys.index(key) for key in missing]
+            with torch.no_grad():
+                computed = self.compute(pixel_values[rows])
+            for key, features in zip(missing, computed):
+                self._put(key, features)
+                found[key] = features.detach()
+        self.misses += len(missing)
+        self.hits += len(keys) - len(missing)
+        return torch.stack([found[key].to(pixel_values.device) for key in keys])
+
+    def _get(self, key: str) -> torch.Tensor | None:
+        if self.memory is not None and key in self.memory:
+            return self.memory[key]
+        features = self.disk.get(key)
+        if features is not None and self.memory is not None:
+            self.memory[key] = features
+        return features
+
+    def _put(self, key: str, features: torch.Tensor) -> None:
+        features = features.detach().cpu().contiguous()
+        self.disk.put(key, features)
+        if self.memory is not None:
+            self.memory[key] = features
+
+
+def install_tower_cache(model: nn.Module, cache_dir: str | Path | None = None) -> TowerFeatureCache:
+    """Route `model`'s vision features through a `TowerFeatureCache` (see there); returns it (hit counts)."""
+    bodies = [m for m in model.modules() if callable(getattr(m, "get_vision_features", None))
+              and isinstance(getattr(m, "vision_tower", None), nn.Module)]
+    if not bodies:
+        raise ConfigError(f"model.vision_feature_cache=true: {type(model).__name__} has no get_vision_features "
+                          "with a vision tower (the default model has); set model.vision_feature_cache=false")
+    body = bodies[-1]  # the innermost: wrappers (PEFT, ForConditionalGeneration) delegate to it
+    cache = TowerFeatureCache(body, cache_dir)
+    body.get_vision_features = cache  # an instance attribute: the class and state_dict are untouched
+    return cache

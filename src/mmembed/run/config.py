@@ -42,6 +42,7 @@ def model_spec(cfg: DictConfig, explicit_prompts: bool | None = None, **changes)
         prompts=prompts if explicit else None,
         default_prompts=prompts,
         pooler=instantiate(cfg.pooler) if cfg.get("pooler") else None,
+        vision_feature_cache=bool(m.get("vision_feature_cache", False)),
     )
     for key, value in changes.items():
         setattr(spec, key, value)
