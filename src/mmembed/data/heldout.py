@@ -1,9 +1,9 @@
-"""Evaluation sentences that training never sees, and the filter that keeps them out of text training rows.
+"""Evaluation sentences that training never sees, and the filter that keeps them out of training rows.
 
 Text training files can hold evaluation sentences: SNLI's premises are Flickr30k captions, and the STS
 sets reuse news, forum and caption sentences. With the shared data, 177 distinct sentences of the SNLI
-triplets are Flickr8k 1k-test captions, 27 are STS-B test sentences and 44 are STS12 ones.
-`heldout_sentences` reads the evaluation sets listed in `conf/heldout/` with the evaluation readers;
+triplets are Flickr8k 1k-test captions, 27 are STS-B test sentences and 44 are STS12 ones; 100 Flickr8k
+training captions are STS-B test sentences (STS-B's caption genre). `heldout_sentences` reads the evaluation sets listed in `conf/heldout/` with the evaluation readers;
 `drop_heldout_rows` drops every training row that holds one of them in any column (compared with case
 and spacing folded) and logs how many went. These are not bad rows, so they are not counted in
 `data/skipped`; the DataModule keeps the number (`heldout_dropped`).
