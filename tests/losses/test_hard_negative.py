@@ -111,6 +111,38 @@ def test_matches_brute_force_loss_and_gradients():
     torch.testing.assert_close(t1.grad, t2.grad, atol=1e-12, rtol=0)
 
 
+def test_masked_rows_and_mined_negatives_match_the_brute_force_on_what_is_left():
+    """`valid` drops a query and its target column (as if the row were not there); `extra` adds candidates
+    that are nobody's positive (a file's mined negatives), `extra_valid` drops placeholders among them."""
+    g = torch.Generator().manual_seed(5)
+    q, t, e = (F.normalize(torch.randn(n, 8, generator=g, dtype=torch.float64), dim=-1) for n in (6, 6, 4))
+    valid = torch.tensor([True, True, False, True, True, True])
+    masked = hard_negative_nce(q, t, beta=0.1, k=3, tau=0.05, valid=valid)
+    keep = valid.nonzero().flatten()
+    assert masked.loss.item() == pytest.approx(reference_loss(q[keep], t[keep], 0.1, 3, 0.05).item(), abs=1e-12)
+    assert masked.hard_negatives.shape == (5, 3) and 2 not in masked.hard_negatives.tolist()
+
+    extra_valid = torch.tensor([True, False, True, True])
+    mined = hard_negative_nce(q, t, beta=0.1, k=3, tau=0.05, extra=e, extra_valid=extra_valid)
+    want = reference_loss_with_extra(q, t, e[extra_valid], 0.1, 3, 0.05)
+    assert mined.loss.item() == pytest.approx(want.item(), abs=1e-12)
+    picked = {j for row in mined.hard_negatives.tolist() for j in row}
+    assert picked & {6, 8, 9} and 7 not in picked  # mined columns follow the 6 targets; column 7 is masked
+
+
+def reference_loss_with_extra(query, target, extra, beta, k, tau):
+    """Brute force with extra candidates that are never a positive."""
+    terms = []
+    candidates = torch.cat([target, extra])
+    for i in range(query.shape[0]):
+        sims = [query[i] @ candidates[j] for j in range(candidates.shape[0])]
+        kept = [j for j in range(len(sims)) if j != i and not sims[j].item() > sims[i].item() + beta]
+        hardest = sorted(kept, key=lambda j: -sims[j].item())[:k]
+        logits = torch.stack([sims[i]] + [sims[j] for j in hardest]) / tau
+        terms.append(-logits[0] + torch.logsumexp(logits, dim=0))
+    return torch.stack(terms).mean()
+
+
 def test_bad_settings_raise_config_error():
     with pytest.raises(ConfigError, match="tau"):
         hard_negative_nce(S, TARGETS, tau=0)

@@ -11,6 +11,9 @@ Row preparers, one per kind of data (`row_kind`):
 - `ImageTextRows`: rows {image (path), text} -> {image (decoded RGB PIL image, or None when it could
   not be read under `on_error=skip`), image_key (the path), text (cut)}. The objective decides what an
   unreadable image means (masked out for InfoNCE, dropped for captioning).
+- `MMEBRows`: MMEB training rows {qry, qry_image, pos, pos_image, neg, neg_image} (mmembed.data.mmeb_train)
+  -> the same keys with the images opened, plus `ok` (False when an image the row needs could not be read
+  under `on_error=skip`; the objective masks such rows so every rank keeps its batch size).
 """
 
 from __future__ import annotations
@@ -75,6 +78,39 @@ class ImageTextRows:
         out = [{"image": image, "image_key": _key(row["image"]), "text": text}
                for row, image, text in zip(rows, images, cut)]
         return Prepared(out, skips.count, sum(a != b for a, b in zip(raw, cut)))
+
+
+class MMEBRows:
+    row_kind = "mmeb_pairs"
+
+    def __init__(self, featurizer, max_text_tokens: int | None = None, on_error: str = "skip",
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.featurizer, self.max_text_tokens = featurizer, max_text_tokens
+        self.on_error, self.max_pixels = check_on_error(on_error), max_pixels
+
+    def __call__(self, rows: Sequence[dict]) -> Prepared:
+        if not rows:
+            raise ValueError("got an empty batch")
+        skips, out, truncated = SkipCounter(), [dict(row) for row in rows], 0
+        for row in out:
+            opened = {}
+            for side in ("qry", "pos", "neg"):
+                path = row.get(f"{side}_image")
+                if path is not None:
+                    row[f"{side}_image"] = load_image(path, on_error=self.on_error, max_pixels=self.max_pixels,
+                                                      skips=skips)
+                opened[side] = path is None or row[f"{side}_image"] is not None
+            row["ok"] = opened["qry"] and opened["pos"]
+            row["neg_ok"] = row.get("neg") is not None and opened["neg"]  # a missing negative is masked, not fatal
+        if self.max_text_tokens:
+            for side in ("qry", "pos", "neg"):
+                present = [i for i, row in enumerate(out) if isinstance(row.get(side), str)]
+                raw = [out[i][side] for i in present]
+                cut = self.featurizer.truncate(raw, self.max_text_tokens)
+                truncated += sum(a != b for a, b in zip(raw, cut))
+                for i, text in zip(present, cut):
+                    out[i][side] = text
+        return Prepared(out, skips.count, truncated)
 
 
 def _key(image) -> str:

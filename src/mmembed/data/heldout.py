@@ -54,7 +54,8 @@ def drop_heldout_rows(rows, columns: list[str], heldout: frozenset[str]):
         return rows, 0
     is_dataset = hasattr(rows, "column_names")
     values = [rows[c] for c in columns] if is_dataset else [[r[c] for r in rows] for c in columns]
-    hit = {i for i, row in enumerate(zip(*values)) if any(normalise_caption(v) in heldout for v in row)}
+    hit = {i for i, row in enumerate(zip(*values))
+           if any(isinstance(v, str) and normalise_caption(v) in heldout for v in row)}
     if not hit:
         return rows, 0
     log.info("left out %d of %d training rows holding an evaluation sentence (conf/heldout)", len(hit), len(rows))

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from mmembed.errors import ConfigError
-from mmembed.losses.gather import gather_with_grad, rank_and_world
+from mmembed.losses.gather import gather_no_grad, gather_with_grad, global_sum, rank_and_world
 
 
 class HardNegativeOutput(NamedTuple):
@@ -55,10 +55,19 @@ def hard_negative_nce(
     k: int = 8,
     tau: float = 0.02,
     group=None,
+    valid: torch.Tensor | None = None,
+    extra: torch.Tensor | None = None,
+    extra_valid: torch.Tensor | None = None,
 ) -> HardNegativeOutput:
     """Mean over local queries of the UniME stage-2 loss; query [B, D] and target [B, D] are local, row i paired.
 
-    Every rank must call it with the same B and run backward (the gather is a collective).
+    `extra` [M, D]: more candidates that are nobody's positive (a training file's mined `neg_*` targets),
+    gathered from every rank after the targets. Masks keep every rank's shapes equal when inputs are
+    missing: `valid` [B] bool drops query i and its target column (an unreadable image); `extra_valid` [M]
+    drops extra columns (a row without a mined negative carries a placeholder). With `valid`, the loss is
+    the sum over this rank's valid queries times W / (valid queries on all ranks), so DDP's gradient
+    average is the mean over the global valid queries, as on one process.
+    Every rank must call it with the same B (and M) and run backward (the gathers are collectives).
     """
     if tau <= 0:
         raise ConfigError(f"hard-negative loss: tau must be > 0, got {tau}")
@@ -68,8 +77,10 @@ def hard_negative_nce(
         raise ValueError(
             f"query and target must both be [B, D] with row i paired, got {tuple(query.shape)} and {tuple(target.shape)}"
         )
-    rank, _ = rank_and_world(group)
+    rank, world = rank_and_world(group)
     all_targets = gather_with_grad(target, group)
+    if extra is not None:
+        all_targets = torch.cat([all_targets, gather_with_grad(extra, group)], dim=0)
     num_candidates = all_targets.shape[0]
     # at least float32 so the beta comparison and the 1/tau scaling do not suffer bf16 rounding
     scores = (query @ all_targets.T).to(torch.promote_types(query.dtype, torch.float32))
@@ -78,11 +89,12 @@ def hard_negative_nce(
 
     with torch.no_grad():
         is_positive = F.one_hot(positive, num_candidates).bool()
-        false_negative = (scores > positive_score + beta) & ~is_positive
-        eligible = ~false_negative & ~is_positive
+        column_valid = _column_mask(valid, extra, extra_valid, query.shape[0], group, scores.device)
+        false_negative = (scores > positive_score + beta) & ~is_positive & column_valid[None]
+        eligible = ~false_negative & ~is_positive & column_valid[None]
         picked_k = min(k, num_candidates)  # topk cannot pick more columns than exist
         picked = scores.masked_fill(~eligible, float("-inf")).topk(picked_k, dim=1).indices
-        valid = eligible.gather(1, picked)
+        picked_ok = eligible.gather(1, picked)
         if k > num_candidates - 1:
             warnings.warn(
                 f"hard-negative loss: k={k} but the global batch has only {num_candidates - 1} negatives "
@@ -90,13 +102,21 @@ def hard_negative_nce(
                 stacklevel=2,
             )
 
-    negatives = scores.gather(1, picked).masked_fill(~valid, float("-inf"))
+    negatives = scores.gather(1, picked).masked_fill(~picked_ok, float("-inf"))
     padding = negatives.new_full((negatives.shape[0], k - picked_k), float("-inf"))
     logits = torch.cat([positive_score, negatives, padding], dim=1) / tau
-    loss = F.cross_entropy(logits, torch.zeros_like(positive))
+    if valid is None:
+        loss = F.cross_entropy(logits, torch.zeros_like(positive))
+    else:
+        rows = valid.to(logits.device).bool()
+        total = global_sum(rows.sum(), group).clamp(min=1).to(logits.dtype)  # an int tensor would divide in float32
+        loss = F.cross_entropy(logits[rows], torch.zeros_like(positive[rows]), reduction="sum") * (world / total)
 
-    hard_negatives = torch.cat([picked.masked_fill(~valid, -1), picked.new_full(padding.shape, -1)], dim=1)
+    hard_negatives = torch.cat([picked.masked_fill(~picked_ok, -1), picked.new_full(padding.shape, -1)], dim=1)
     filtered = false_negative.sum(dim=1).to(scores.dtype)
+    if valid is not None:  # statistics over the valid queries only
+        rows = valid.to(scores.device).bool()
+        filtered, hard_negatives = filtered[rows], hard_negatives[rows]
     return HardNegativeOutput(
         loss=loss,
         hard_negatives=hard_negatives,
@@ -105,3 +125,18 @@ def hard_negative_nce(
         padded_fraction=(hard_negatives < 0).any(dim=1).to(scores.dtype).mean(),
         num_candidates=num_candidates,
     )
+
+
+def _column_mask(valid, extra, extra_valid, batch: int, group, device) -> torch.Tensor:
+    """[all candidates] bool: which gathered target / extra columns may be picked (under no_grad)."""
+    def local(mask, n):
+        if mask is None:
+            return torch.ones(n, dtype=torch.bool, device=device)
+        if mask.shape != (n,):
+            raise ValueError(f"mask of shape {tuple(mask.shape)} for {n} rows")
+        return mask.to(device).bool()
+
+    columns = [gather_no_grad(local(valid, batch), group)]
+    if extra is not None:
+        columns.append(gather_no_grad(local(extra_valid, extra.shape[0]), group))
+    return torch.cat(columns)

@@ -3,6 +3,7 @@
 from mmembed.objectives.base import EmbeddingObjective, Objective, ObjectiveOutput, StepContext
 from mmembed.objectives.captioning import Captioning
 from mmembed.objectives.distillation import RelationalDistillation
+from mmembed.objectives.hard_negative import HardNegativeNCE
 from mmembed.objectives.image_text import ImageTextInfoNCE
 from mmembed.objectives.infonce import TextPairInfoNCE
 from mmembed.objectives.weighted_sum import WeightedSum
@@ -10,6 +11,7 @@ from mmembed.objectives.weighted_sum import WeightedSum
 __all__ = [
     "Captioning",
     "EmbeddingObjective",
+    "HardNegativeNCE",
     "ImageTextInfoNCE",
     "Objective",
     "ObjectiveOutput",

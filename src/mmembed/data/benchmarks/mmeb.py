@@ -82,7 +82,8 @@ def as_input(inst, text, image, image_root: Path, where: str) -> MMEBInput:
     return MMEBInput(body, path)
 
 
-def _rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
+    """The rows of one MMEB file (.jsonl, .json array or {"data": [...]}, or .parquet), as dicts."""
     try:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -94,7 +95,7 @@ def _rows(path: Path) -> list[dict]:
             return rows["data"] if isinstance(rows, dict) and "data" in rows else rows
         return [json.loads(line) for line in text.splitlines() if line.strip()]
     except (OSError, ValueError) as err:
-        raise DataConfigError(f"{path}: cannot read it as an MMEB eval file ({err})") from err
+        raise DataConfigError(f"{path}: cannot read it as an MMEB file ({err})") from err
 
 
 def parse_rows(rows: Sequence[dict], source: Path, image_root: Path) -> list[MMEBQuery]:
@@ -184,7 +185,7 @@ def read_mmeb(
     out = []
     for name in names:
         files, meta_path = found[name]
-        rows = [row for path in files for row in _rows(path)]
+        rows = [row for path in files for row in read_rows(path)]
         queries = parse_rows(rows, files[0] if len(files) == 1 else files[0].parent, image_root)
         out.append(MMEBDataset(name, queries[:max_queries] if max_queries else queries, files,
                                _file_meta(meta_path), len(rows)))
