@@ -130,13 +130,14 @@ def reference_recipe(model_name: str, dtype: str = "float32", device: str = "cpu
     return encode
 
 
-def mmembed_recipe(model_name: str, dtype: str = "float32", device: str = "cpu", prefix_min_cos: float | None = None):
+def mmembed_recipe(model_name: str, dtype: str = "float32", device: str = "cpu", prefix_min_cos: float | None = None,
+                   vision_dtype: str | None = None):
     """`Embedder.encode`. prefix_min_cos: re-check the shared-prefix cache at this cosine where the
     default check (0.9999, see mmembed/inference/prefix.py) turned it off, as bf16 rounding does."""
     from mmembed.inference import Embedder
     from mmembed.inference.prefix import build_prefix_cache
 
-    embedder = Embedder.from_pretrained(model_name, dtype=dtype, device=device)
+    embedder = Embedder.from_pretrained(model_name, dtype=dtype, device=device, vision_dtype=vision_dtype)
     if prefix_min_cos is not None and embedder.prefix is None:
         embedder.prefix = build_prefix_cache(embedder.embedder, True, min_cos=prefix_min_cos)
 
@@ -147,12 +148,14 @@ def mmembed_recipe(model_name: str, dtype: str = "float32", device: str = "cpu",
 
 
 # name -> (recipe, options): the E5-V reference and mmembed in float32, mmembed in bfloat16 as shipped,
-# and in bfloat16 with its prefix cache re-checked at cosine 0.999 (see mmembed_recipe).
+# in bfloat16 with its prefix cache re-checked at cosine 0.999 (see mmembed_recipe), and bf16 with float32 vision.
 RECIPES = {
     "reference": (reference_recipe, {}),
     "mmembed": (mmembed_recipe, {}),
     "mmembed-bf16": (mmembed_recipe, {"dtype": "bfloat16"}),
     "mmembed-bf16-prefix": (mmembed_recipe, {"dtype": "bfloat16", "prefix_min_cos": 0.999}),
+    # the LLM in bfloat16, the vision tower and projector in float32 (their top-k picks keep float32's)
+    "mmembed-bf16-vision32": (mmembed_recipe, {"dtype": "bfloat16", "vision_dtype": "float32"}),
 }
 DEFAULT_RECIPES = "reference,mmembed,mmembed-bf16"
 

@@ -239,3 +239,27 @@ def test_default_model_matches_e5v_reference(default_embedder, data_root):
     right = MLLMEmbedder(load_backbone(str(embedder.backbone.name_or_path), padding_side="right"))
     with torch.no_grad():
         assert_rows_match(right.encode_text(TEXTS), got)
+
+
+def test_vision_dtype_keeps_tower_and_projector_in_float32_beside_a_bf16_llm(tiny_smol_llava_dir):
+    from mmembed.inference import Embedder
+    from mmembed.models.backbones import vision_modules
+
+    full = load_backbone(str(tiny_smol_llava_dir))
+    mixed = Embedder.from_pretrained(tiny_smol_llava_dir, dtype="bfloat16", vision_dtype="float32")
+    model = mixed.backbone.model
+    assert {p.dtype for m in vision_modules(model).values() for p in m.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.model.language_model.parameters()} == {torch.bfloat16}
+    images = _images([(48, 40), (40, 40)])
+    pixels = mixed.embedder.featurizer.featurize_images(images)["pixel_values"]
+    bf16 = load_backbone(str(tiny_smol_llava_dir), dtype="bfloat16").model
+    with torch.no_grad():  # the image tokens are float32's (then cast for the bf16 LLM); all-bf16's are not
+        want = full.model.model.get_image_features(pixels)
+        got = model.model.get_image_features(pixels)
+        rounded = bf16.model.get_image_features(pixels).float()
+        vectors = mixed.encode(images=images)
+    assert got.dtype == torch.float32 and (got - want).abs().max() < 1e-5  # Embedder's channels-last convs
+    assert (rounded - want).abs().max() > 1e-3
+    assert vectors.shape[0] == 2 and torch.isfinite(torch.as_tensor(vectors)).all()
+    with pytest.raises(Exception, match="vision_dtype='float8'"):
+        load_backbone(str(tiny_smol_llava_dir), vision_dtype="float8")

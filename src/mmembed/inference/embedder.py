@@ -68,6 +68,7 @@ class Embedder:
         text_only: bool = False,
         trust_remote_code: bool = False,
         pooler=None,
+        vision_dtype: str | None = None,
         **options,
     ) -> Embedder:
         """Load a model ("default", a hub id or a folder), optionally with a LoRA adapter folder.
@@ -76,10 +77,12 @@ class Embedder:
         prompts: a PromptConfig or mapping of its fields; None uses the mmembed_prompts.json saved with
         the adapter (by training) or the model folder (by `export_merged`) if there is one, else E5-V's
         prompts (the model factory's precedence, mmembed.models.factory). pooler: a mmembed.models.pooling
-        pooler (None: last token). options go to __init__ (prefix_cache, prefetch, channels_last, image_chunk).
+        pooler (None: last token). vision_dtype: the vision tower and projector's own precision beside `dtype`
+        (e.g. dtype="bfloat16", vision_dtype="float32"). options go to __init__ (prefix_cache, prefetch, channels_last, image_chunk).
         """
         spec = ModelSpec(
-            name_or_path=str(model_or_folder), dtype=dtype, text_only=text_only, trust_remote_code=trust_remote_code,
+            name_or_path=str(model_or_folder), dtype=dtype, vision_dtype=vision_dtype, text_only=text_only,
+            trust_remote_code=trust_remote_code,
             adapter=str(adapter) if adapter is not None else None, merge_adapter=merge_adapter,
             prompts=as_prompt_config(prompts), pooler=pooler,
         )

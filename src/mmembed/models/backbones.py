@@ -149,18 +149,27 @@ def load_backbone(
     cache_dir: str | None = None,
     quantization_config=None,
     featurizer=None,
+    vision_dtype: str | None = None,
 ) -> Backbone:
     """Load model + processor. `text_only=True` drops the vision tower and projector after loading.
 
+    `vision_dtype` (e.g. float32 beside dtype=bfloat16) keeps the vision tower and projector in their own
+    precision: the default model's grounded projector picks each patch's top-k ImageNet classes, and bf16
+    rounding of the tower's features flips some picks, while the LLM, where the time goes, runs in `dtype`.
+
     `featurizer` (from `load_featurizer` on the same folder) reuses its already loaded processor.
     """
-    if dtype not in DTYPES:
-        raise BackboneLoadError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    for setting, value in (("dtype", dtype), ("vision_dtype", vision_dtype)):
+        if value is not None and value not in DTYPES:
+            raise BackboneLoadError(f"model.{setting}={value!r} is not one of {sorted(DTYPES)}")
     if featurizer is None:
         featurizer = load_featurizer(name_or_path, text_only=text_only, trust_remote_code=trust_remote_code,
                                      padding_side=padding_side, cache_dir=cache_dir)
     source = featurizer.name_or_path
-    kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
+    mixed = vision_dtype is not None and vision_dtype != dtype and not text_only
+    # Mixed precision loads in the vision dtype, then casts everything else: weights loaded in bf16 and
+    # cast up would have lost their float32 digits already.
+    kwargs = {"dtype": DTYPES[vision_dtype if mixed else dtype], "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if quantization_config is not None:  # e.g. a BitsAndBytesConfig (mmembed.models.quantization)
@@ -174,7 +183,23 @@ def load_backbone(
                         source)
     if text_only:
         drop_vision(model)
+    elif mixed:
+        _cast_all_but_vision(model, DTYPES[dtype])
     return backbone
+
+
+def _cast_all_but_vision(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast every floating parameter and buffer to `dtype`, except those of the vision tower and projector."""
+    keep = {id(m) for v in vision_modules(model).values() for m in v.modules()}
+    for module in model.modules():
+        if id(module) in keep:
+            continue
+        for name, param in module.named_parameters(recurse=False):
+            if param.is_floating_point():
+                param.data = param.data.to(dtype)
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.is_floating_point():
+                setattr(module, name, buffer.to(dtype))
 
 
 def _refuse_remote_code(local: Path, trust_remote_code: bool) -> None:

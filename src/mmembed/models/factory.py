@@ -40,6 +40,7 @@ class ModelSpec:
 
     name_or_path: str = "default"
     dtype: str = "float32"
+    vision_dtype: str | None = None  # the vision tower + projector's own precision (None: dtype)
     text_only: bool = False
     trust_remote_code: bool = False
     attn_implementation: str | None = "sdpa"
@@ -106,7 +107,7 @@ def build_embedder(
         featurizer.name_or_path,
         dtype=spec.dtype, trust_remote_code=spec.trust_remote_code, text_only=spec.text_only,
         attn_implementation=spec.attn_implementation, padding_side=spec.padding_side, cache_dir=spec.cache_dir,
-        quantization_config=quantization, featurizer=featurizer,
+        quantization_config=quantization, featurizer=featurizer, vision_dtype=spec.vision_dtype,
     )
     if quantization is not None and trainable:
         backbone.model = prepare_for_kbit_training(backbone.model, spec.gradient_checkpointing)

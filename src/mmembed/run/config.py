@@ -29,6 +29,7 @@ def model_spec(cfg: DictConfig, explicit_prompts: bool | None = None, **changes)
     spec = ModelSpec(
         name_or_path=str(m.name_or_path),
         dtype=m.dtype,
+        vision_dtype=m.get("vision_dtype"),
         text_only=bool(m.text_only),
         trust_remote_code=bool(m.trust_remote_code),
         attn_implementation=m.get("attn_implementation"),
