@@ -2,7 +2,7 @@
 (query, positive) pair, each side text, an image or an image with text, plus optional mined negatives.
 
 Columns: `qry`, `qry_image_path`, `pos_text`, `pos_image_path`, and optionally `neg_text`,
-`neg_image_path` (UniME's hard-negative files; `mmembed.data.mine_negatives` writes them). Texts carry
+`neg_image_path` (UniME's hard-negative files; `python -m mmembed.inference.mine_negatives` writes them). Texts carry
 their task instruction inline (`<|image_1|>\\nRepresent the given image for classification\\n`); MMEB's
 `<|image_1|>` becomes mmembed's `<image>`, which the prompt renderer maps to each backbone's own image
 token (`mmembed.data.benchmarks.mmeb.as_input`, shared with the MMEB evaluation). Image paths are
