@@ -15,6 +15,9 @@ def pytest_configure(config):
     # Nothing in the test suite may reach a model hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # conf/trainer/cpu.yaml trains in bf16-mixed on CPUs with native bf16; the suite's equivalence checks
+    # (GradCache, 2 processes, resume) compare float32 runs. tests/test_hardware.py runs the default itself.
+    os.environ["MMEMBED_CPU_PRECISION"] = "32-true"
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,13 @@
 
 __version__ = "0.1.0"
 
+try:  # the configs' `${mmembed_cpu_precision:}` (mmembed.hardware); omegaconf is light, torch is not imported
+    from mmembed.hardware import register_resolvers as _register_resolvers
+
+    _register_resolvers()
+except ImportError:  # omegaconf absent: only the Hydra entry points need the resolver
+    pass
+
 # Public names loaded on first access (PEP 562), so importing the package pulls in nothing heavy.
 _LAZY = {
     "Embedder": "mmembed.inference.embedder",

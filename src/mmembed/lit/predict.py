@@ -178,8 +178,11 @@ def embed_corpus(embedder, corpus: Corpus, out_dir: str | Path, make_trainer: Ca
     todo = shards.plan_shards(out, corpus.rows, done, shard_size, shards.next_shard_number(out))
     out.mkdir(parents=True, exist_ok=True)
     module = CorpusEmbedModule(embedder, corpus, todo, batch_size, kind, on_error, num_workers)
+    # No autocast: the vectors' precision is the model's own dtype (model.dtype), whatever the trainer group's
+    # training precision (conf/trainer/cpu.yaml picks bf16-mixed for training on CPUs with native bf16).
     trainer = make_trainer(callbacks=[ShardWriter(out, corpus, todo, settings), *callbacks], logger=False,
-                           use_distributed_sampler=False, enable_checkpointing=False, enable_model_summary=False)
+                           use_distributed_sampler=False, enable_checkpointing=False, enable_model_summary=False,
+                           precision="32-true")
     new = sum(len(shard.positions) for shard in todo)
     # rank_zero_info: before predict() sets up the ranks, trainer.global_rank is 0 in every process.
     rank_zero_info(f"{len(corpus.rows)} inputs: {len(corpus.rows) - new} in {len(done)} finished shards, {new} to "
