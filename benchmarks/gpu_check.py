@@ -124,7 +124,7 @@ def check_embedder(tmp: Path, n_texts: int = 1024, n_images: int = 512) -> dict:
     from mmembed.inference import Embedder
 
     texts, images = _inputs(n_texts, n_images)
-    cpu = Embedder.from_pretrained("default")
+    cpu = Embedder.from_pretrained("default", dtype="float32")
     probe_t, probe_i = texts[:64], images[:16]
     ref_t, ref_i = cpu.encode(texts=probe_t), cpu.encode(images=probe_i)
     del cpu

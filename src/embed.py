@@ -25,7 +25,7 @@ def load_embedder(cfg: DictConfig):
     from mmembed.models.factory import build_embedder
     from mmembed.run.config import model_spec
 
-    return Embedder(build_embedder(model_spec(cfg)))
+    return Embedder(build_embedder(model_spec(cfg, inference=True)))
 
 
 def run(cfg: DictConfig):
@@ -37,9 +37,12 @@ def run(cfg: DictConfig):
         raise ConfigError("set out=FOLDER: where the shards and the index go (a rerun with the same out= resumes)")
     corpus = read_corpus(**cfg.input)  # bad input files stop here, before the model loads
     embedder = load_embedder(cfg)
+    from mmembed.run.config import model_spec
+
+    dtype = model_spec(cfg, inference=True).dtype
     summary = embed_corpus(
         embedder, corpus, cfg.out, partial(hydra.utils.instantiate, cfg.trainer), model=cfg.model.name_or_path,
-        adapter=cfg.adapter, dtype=cfg.model.dtype, kind=cfg.kind, batch_size=cfg.batch_size,
+        adapter=cfg.adapter, dtype=dtype, kind=cfg.kind, batch_size=cfg.batch_size,
         shard_size=cfg.shard_size, on_error=cfg.on_error, num_workers=cfg.num_workers, overwrite=cfg.overwrite,
         faiss_kind=cfg.faiss.kind, faiss_options=OmegaConf.to_container(cfg.faiss.options),
     )

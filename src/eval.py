@@ -43,7 +43,7 @@ def build_eval_embedder(cfg: DictConfig):
 
     # The inference Embedder gives the same vectors as the plain embedder (tested to cos >= 0.9999),
     # faster: texts sorted by token length, the shared prompt prefix computed once.
-    return Embedder(build_embedder(model_spec(cfg)))
+    return Embedder(build_embedder(model_spec(cfg, inference=True)))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
@@ -74,7 +74,9 @@ def main(cfg: DictConfig) -> dict:
             model=str(cfg.model.name_or_path),
             adapter=adapter,
             progress=cfg.progress,
-            extra={"suite": cfg.eval.get("suite"), "merge_adapter": bool(cfg.get("merge_adapter"))},
+            extra={"suite": cfg.eval.get("suite"), "merge_adapter": bool(cfg.get("merge_adapter")),
+                   "dtype": cfg.model.get("inference_dtype") or cfg.model.get("dtype"),
+                   "vision_dtype": cfg.model.get("vision_dtype")},
         )
     except MMEmbedError as err:  # a setting or file to fix: one line. Anything else keeps its traceback.
         log.error("%s: %s", type(err).__name__, err)

@@ -44,3 +44,37 @@ def test_a_run_on_the_default_precision_trains(tiny_smol_llava_dir, tmp_path, mo
     assert summary["global_step"] == 2 and summary["metrics"]["train/loss"] > 0
     amp = "Using bfloat16 Automatic Mixed Precision" in proc.stdout + proc.stderr
     assert amp == cpu_has_native_bf16()  # this project's machines have AVX512-BF16: bf16-mixed
+
+
+def test_evaluation_loads_the_inference_dtype_and_training_keeps_float32(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from mmembed.hardware import cpu_inference_dtype
+    from mmembed.run.config import model_spec
+    from tests.conftest import REPO
+
+    monkeypatch.delenv(ENV)
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("eval", ["eval=sts"])
+    spec = model_spec(cfg, explicit_prompts=False, inference=True)
+    assert spec.dtype == cpu_inference_dtype() == ("bfloat16" if cpu_has_native_bf16() else "float32")
+    assert spec.vision_dtype == "float32"
+    assert model_spec(compose_train([], tmp_path), explicit_prompts=False).dtype == "float32"  # master weights
+    monkeypatch.setenv(ENV, "32-true")
+    assert cpu_inference_dtype() == "float32"
+
+
+def test_embedder_auto_dtype_follows_the_cpu(tiny_smol_llava_dir, monkeypatch):
+    import torch
+
+    from mmembed.inference import Embedder
+    from mmembed.models.backbones import vision_modules
+
+    monkeypatch.delenv(ENV)
+    model = Embedder.from_pretrained(tiny_smol_llava_dir).backbone.model
+    llm = {p.dtype for p in model.model.language_model.parameters()}
+    vision = {p.dtype for m in vision_modules(model).values() for p in m.parameters()}
+    assert llm == {torch.bfloat16 if cpu_has_native_bf16() else torch.float32} and vision == {torch.float32}
+    monkeypatch.setenv(ENV, "32-true")
+    pinned = Embedder.from_pretrained(tiny_smol_llava_dir).backbone.model
+    assert {p.dtype for p in pinned.parameters()} == {torch.float32}

@@ -104,7 +104,8 @@ def _model_args(parser: argparse.ArgumentParser, default: str | None = "default"
     parser.add_argument("--model", default=default, help="'default', a hub id or a model folder")
     parser.add_argument("--adapter", help="a LoRA adapter folder (e.g. <run>/adapters/last)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="auto: bfloat16 (vision in float32) on CPUs with native bf16, else float32")
 
 
 def _run(main, argv) -> int:

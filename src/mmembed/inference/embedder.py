@@ -62,7 +62,7 @@ class Embedder:
         model_or_folder: str | Path = DEFAULT_MODEL,
         adapter: str | Path | None = None,
         device: str | torch.device = "cpu",
-        dtype: str = "float32",
+        dtype: str = "auto",
         merge_adapter: bool = True,
         prompts: PromptConfig | Mapping | None = None,
         text_only: bool = False,
@@ -77,9 +77,16 @@ class Embedder:
         prompts: a PromptConfig or mapping of its fields; None uses the mmembed_prompts.json saved with
         the adapter (by training) or the model folder (by `export_merged`) if there is one, else E5-V's
         prompts (the model factory's precedence, mmembed.models.factory). pooler: a mmembed.models.pooling
-        pooler (None: last token). vision_dtype: the vision tower and projector's own precision beside `dtype`
-        (e.g. dtype="bfloat16", vision_dtype="float32"). options go to __init__ (prefix_cache, prefetch, channels_last, image_chunk).
+        pooler (None: last token). dtype "auto": on a CPU with native bf16 (mmembed.hardware), bfloat16 with
+        the vision tower and projector in float32 (2-5x faster than float32 here, min cosine to float32
+        >= 0.9995), else float32; or "float32" / "bfloat16" / "float16". vision_dtype: the vision tower and
+        projector's own precision beside `dtype` (None: float32 under "auto", else `dtype`). options go to __init__ (prefix_cache, prefetch, channels_last, image_chunk).
         """
+        if dtype == "auto":
+            from mmembed.hardware import cpu_inference_dtype
+
+            dtype = cpu_inference_dtype() if torch.device(device).type == "cpu" else "float32"
+            vision_dtype = vision_dtype or "float32"
         spec = ModelSpec(
             name_or_path=str(model_or_folder), dtype=dtype, vision_dtype=vision_dtype, text_only=text_only,
             trust_remote_code=trust_remote_code,

@@ -19,8 +19,11 @@ def prompts_given_on_command_line() -> bool:
     return any(key == "prompt" or key.startswith("prompt.") for key in keys)
 
 
-def model_spec(cfg: DictConfig, explicit_prompts: bool | None = None, **changes) -> ModelSpec:
-    """`cfg.model` + `cfg.adapter` + `cfg.prompt` (+ `cfg.pooler`) as a ModelSpec; `changes` override fields."""
+def model_spec(cfg: DictConfig, explicit_prompts: bool | None = None, inference: bool = False, **changes) -> ModelSpec:
+    """`cfg.model` + `cfg.adapter` + `cfg.prompt` (+ `cfg.pooler`) as a ModelSpec; `changes` override fields.
+
+    `inference`: the spec evaluation and corpus embedding load (`model.inference_dtype` when the model
+    config has one, instead of the training `dtype`)."""
     from hydra.utils import instantiate
 
     m = cfg.model
@@ -28,7 +31,7 @@ def model_spec(cfg: DictConfig, explicit_prompts: bool | None = None, **changes)
     explicit = prompts_given_on_command_line() if explicit_prompts is None else explicit_prompts
     spec = ModelSpec(
         name_or_path=str(m.name_or_path),
-        dtype=m.dtype,
+        dtype=(m.get("inference_dtype") or m.dtype) if inference else m.dtype,
         vision_dtype=m.get("vision_dtype"),
         text_only=bool(m.text_only),
         trust_remote_code=bool(m.trust_remote_code),

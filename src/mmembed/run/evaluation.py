@@ -31,7 +31,7 @@ def evaluate_trained(cfg: DictConfig, adapter_dir: Path | None, out_dir: Path, l
     benchmarks = benchmark_list(ev)
     check_benchmarks(benchmarks)
     # A text-only run is evaluated with its vision tower back, and with the prompts it was trained with.
-    spec = model_spec(cfg, explicit_prompts=False, text_only=False,
+    spec = model_spec(cfg, explicit_prompts=False, inference=True, text_only=False,
                       adapter=str(adapter_dir) if adapter_dir else None, merge_adapter=True)
     batch_size, progress = int(ev.get("batch_size") or 16), bool(ev.get("progress", True))
     metrics: dict[str, float] = {}
@@ -57,7 +57,8 @@ def _modality_gap(cfg: DictConfig, trained, out_dir: Path, batch_size: int, prog
     gap_cfg = OmegaConf.to_container(cfg.evaluation.modality_gap, resolve=True)
     bench = read_caption_config(gap_cfg)
     limit = gap_cfg.get("max_pairs")
-    base = Embedder(build_embedder(model_spec(cfg, explicit_prompts=False, text_only=False, adapter=None))).eval()
+    base = Embedder(build_embedder(model_spec(cfg, explicit_prompts=False, inference=True, text_only=False,
+                                              adapter=None))).eval()
     panels = {"before training": pair_embeddings(base, bench, batch_size, limit, progress)}
     del base
     gc.collect()
