@@ -2,9 +2,10 @@
 
 `cpu_train_precision()` is conf/trainer/cpu.yaml's `precision` (`${mmembed_cpu_precision:}`):
 "bf16-mixed" where the CPU computes bfloat16 natively (the AVX512-BF16 or AMX-BF16 instructions), else
-"32-true". Measured on this project's 2-core AVX512-BF16 machine (experiments/README.md, bf16): `make
-train` in bf16-mixed took 0.77x the s/step (benchmarks/bf16_training.py) and 0.68x the peak memory, and reached STS-B dev 78.76 vs 79.12 in float32,
-inside the 0.5 the project accepts. Without native bf16, autocast would emulate it and be slower than
+"32-true". Measured on this project's 2-core AVX512-BF16 machine (experiments/README.md, bf16): a
+training step in bf16-mixed took 0.77x the time and 0.68x the peak memory of float32
+(benchmarks/bf16_training.py), and `make train` reached STS-B dev 78.76 vs 79.12 in float32, inside the
+0.5 the project accepts. Without native bf16, autocast would emulate it and be slower than
 float32. `MMEMBED_CPU_PRECISION` overrides the choice for a whole process tree (the test suite pins
 32-true so its exact equivalence checks stay in float32); `trainer.precision=...` overrides one run.
 """
