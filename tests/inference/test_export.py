@@ -48,7 +48,9 @@ def test_export_merged_loads_in_fresh_process_with_same_embeddings(
     proc = subprocess.run(
         [sys.executable, str(script), str(out), *images, str(tmp_path / "fresh")],
         capture_output=True, text=True, timeout=300, env={"PYTHONPATH": env_path, "HF_HUB_OFFLINE": "1",
-                                                          "PATH": "/usr/bin:/bin"},
+                                                          "PATH": "/usr/bin:/bin",
+                                                          # float32 on both sides, as the suite pins it
+                                                          "MMEMBED_CPU_PRECISION": "32-true"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
