@@ -126,4 +126,6 @@ def test_default_model_mteb_stsb_test_equals_mmembed_sts(default_model_dir, data
     pairs = stsb_test(data_root)
     ours = mmembed_sts(embedder, pairs)
     theirs = mteb_sts(MTEBEncoder(embedder), pairs)
-    assert abs(theirs * 100 - ours) <= 1e-6, (theirs * 100, ours)
+    # mteb embeds each side in its own batches, mmembed both sides in one length-sorted pass: float32
+    # padding noise then differs (measured 2.6e-6 on the default model + the make-train adapter).
+    assert abs(theirs * 100 - ours) <= 1e-4, (theirs * 100, ours)
