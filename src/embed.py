@@ -18,31 +18,29 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("mmembed.embed")
 
 
-def load_embedder(cfg: DictConfig):
+def load_embedder(spec):
     """Model + adapter + prompts from the one model factory, with its prompt precedence (prompts given on
     the command line > saved with the adapter > saved with the model > the config's default)."""
     from mmembed.inference import Embedder
     from mmembed.models.factory import build_embedder
-    from mmembed.run.config import model_spec
 
-    return Embedder(build_embedder(model_spec(cfg, inference=True)))
+    return Embedder(build_embedder(spec))
 
 
 def run(cfg: DictConfig):
     from mmembed.errors import ConfigError
     from mmembed.inference.cli import read_corpus
     from mmembed.lit.predict import embed_corpus  # imports Lightning (see main)
+    from mmembed.run.config import model_spec
 
     if OmegaConf.is_missing(cfg, "out"):
         raise ConfigError("set out=FOLDER: where the shards and the index go (a rerun with the same out= resumes)")
     corpus = read_corpus(**cfg.input)  # bad input files stop here, before the model loads
-    embedder = load_embedder(cfg)
-    from mmembed.run.config import model_spec
-
-    dtype = model_spec(cfg, inference=True).dtype
+    spec = model_spec(cfg, inference=True)
+    embedder = load_embedder(spec)
     summary = embed_corpus(
         embedder, corpus, cfg.out, partial(hydra.utils.instantiate, cfg.trainer), model=cfg.model.name_or_path,
-        adapter=cfg.adapter, dtype=dtype, kind=cfg.kind, batch_size=cfg.batch_size,
+        adapter=cfg.adapter, dtype=spec.dtype, kind=cfg.kind, batch_size=cfg.batch_size,
         shard_size=cfg.shard_size, on_error=cfg.on_error, num_workers=cfg.num_workers, overwrite=cfg.overwrite,
         faiss_kind=cfg.faiss.kind, faiss_options=OmegaConf.to_container(cfg.faiss.options),
     )
