@@ -209,3 +209,29 @@ def test_grounded_folder_round_trips_and_old_folders_without_projector_type_load
     assert type(reloaded.model.multi_modal_projector) is SmolLlavaProjector
     assert torch.equal(reloaded.model.get_image_features(vision_features=features),
                        old.model.get_image_features(vision_features=features))
+
+
+def _window_means_7_to_3(features: torch.Tensor) -> torch.Tensor:
+    """Brute force: adaptive 7 -> 3 pooling averages rows/columns [0, 3), [2, 5), [4, 7)."""
+    windows = [(0, 3), (2, 5), (4, 7)]
+    cells = [features[:, :, r0:r1, c0:c1].mean(dim=(2, 3)) for r0, r1 in windows for c0, c1 in windows]
+    return torch.stack(cells, dim=1)  # [B, 9, C], row-major
+
+
+def test_image_grid_pools_the_feature_map_to_grid_squared_tokens(tmp_path):
+    model = tiny_grounded(image_grid=3, image_seq_length=9)
+    proj = model.model.multi_modal_projector
+    features = torch.randn(2, 1280, 7, 7)
+    tokens = model.model.get_image_features(vision_features=features)
+    assert tokens.shape == (2, 9, TINY_TEXT["hidden_size"])
+    torch.testing.assert_close(tokens, proj(_window_means_7_to_3(features)), rtol=1e-5, atol=1e-6)
+    # the prompt must hold 9 placeholders per image, not the full map's 49
+    model(input_ids=torch.tensor([[5] + [63] * 9 + [7]]), vision_features=features[:1])
+    with pytest.raises(ValueError, match="49 image placeholder tokens for 1 images of 9 tokens"):
+        model(input_ids=torch.tensor([[5] + [63] * 49 + [7]]), vision_features=features[:1])
+    model.save_pretrained(tmp_path / "grid")
+    from mmembed.models.smol_llava import SmolLlavaForConditionalGeneration
+
+    loaded = SmolLlavaForConditionalGeneration.from_pretrained(tmp_path / "grid").eval()
+    assert loaded.config.image_grid == 3
+    assert torch.equal(loaded.model.get_image_features(vision_features=features), tokens)

@@ -36,8 +36,8 @@ RECIPE_VERSION = "smol_llava-v2"
 # Cache folder per projector recipe: "mlp" is the v1 default, still buildable for comparisons.
 RECIPES = {"grounded": RECIPE_VERSION, "mlp": "smol_llava-v1"}
 DEFAULT_PROJECTOR = "grounded"
-# The grounded projector's settings in the default folder, chosen on a 200-image Flickr8k test subset
-# (experiments/grounded_projector.md); token_scale is measured from the LLM's embeddings at build time.
+# The grounded projector's settings in the default folder, chosen by pre-alignment retrieval on a 200-image
+# Flickr8k test subset; token_scale is measured from the LLM's embeddings at build time.
 GROUNDED_SETTINGS = {
     "grounded_top_k": 5,
     "grounded_temperature": 1.0,
