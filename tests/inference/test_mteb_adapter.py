@@ -127,5 +127,6 @@ def test_default_model_mteb_stsb_test_equals_mmembed_sts(default_model_dir, data
     ours = mmembed_sts(embedder, pairs)
     theirs = mteb_sts(MTEBEncoder(embedder), pairs)
     # mteb embeds each side in its own batches, mmembed both sides in one length-sorted pass: float32
-    # padding noise then differs (measured 2.6e-6 on the default model + the make-train adapter).
-    assert abs(theirs * 100 - ours) <= 1e-4, (theirs * 100, ours)
+    # padding noise then differs (measured 2.6e-6 with the make-train adapter, 2.6e-4 on the untrained default
+    # in a fresh-clone CI run: near-equal cosines swap ranks). 1e-3 of a point is still far below any real change.
+    assert abs(theirs * 100 - ours) <= 1e-3, (theirs * 100, ours)
