@@ -41,8 +41,8 @@ class SmolLlavaConfig(PreTrainedConfig):
     image_token_id: int = 49152
     image_seq_length: int = 49
     # Average-pool the tower's 7x7 feature map to image_grid x image_grid before the projector (None: keep
-    # the full map). 3 gives 9 image tokens instead of 49: each image step of the LLM is ~2.5x cheaper on a
-    # CPU, which is what lets alignment see its data several times (image_seq_length must be image_grid**2).
+    # the full map). 3 gives 9 image tokens instead of 49: a contrastive alignment step measured ~1.8x
+    # cheaper on the 2-core CPU (experiments/README.md). image_seq_length must be image_grid**2.
     image_grid: int | None = None
     image_size: int = 224
     vision_hidden_size: int = HEAD_CHANNELS
