@@ -257,3 +257,15 @@ def test_heldout_filter_drops_rows_by_any_column_case_and_spacing_folded():
     assert dropped == 2 and kept["sent0"] == ["Two kids play"]
     listed, dropped = drop_heldout_rows([{"text": "A dog runs ."}, {"text": "a dog"}], ["text"], frozenset({"a dog runs ."}))
     assert dropped == 1 and listed == [{"text": "a dog"}]
+
+
+def test_long_text_suite_joins_each_test_images_five_captions_in_file_order(data_root):
+    """conf/eval/long_text.yaml: 1,000 texts for the 1,000 official test images, text i = image i's captions joined."""
+    cfg = OmegaConf.to_container(_compose_eval("long_text", data_root).eval.benchmarks.flickr8k_1k_long, resolve=True)
+    long = read_caption_config(cfg)
+    short = read_caption_config({**cfg, "join_captions": False})
+    assert len(long.images) == len(long.captions) == 1000 and long.caption_image == list(range(1000))
+    assert long.image_ids == short.image_ids
+    first = [c.strip() for c, i in zip(short.captions, short.caption_image) if i == 0]
+    assert len(first) == 5 and long.captions[0] == " ".join(first)
+    assert long.meta["joined_captions"] == {"texts": 1000, "captions_per_text": len(short.captions) / 1000}

@@ -203,7 +203,8 @@ class Embedder:
     def _forward(self, inputs: dict) -> torch.Tensor:
         """One featurised batch -> embeddings. Batches with images go through the model `image_chunk`
         rows at a time: the vision tower's activations, not the decoder's, bound memory there."""
-        rows = inputs["input_ids"].shape[0]
+        # MM-GEM's dual-tower images come as pixel_values alone (no tokens)
+        rows = (inputs["input_ids"] if "input_ids" in inputs else inputs["pixel_values"]).shape[0]
         chunk = self.image_chunk if "pixel_values" in inputs and self._row_aligned(inputs, rows) else rows
         if chunk >= rows:
             return self._forward_rows(inputs)

@@ -56,6 +56,9 @@ class ModelSpec:
     pooler: object | None = None  # a mmembed.models.pooling pooler; None = last token (E5-V)
     # Frozen vision tower's feature maps computed once per distinct image and reused (cache_dir/vision_features)
     vision_feature_cache: bool = False
+    # A model extension (e.g. mmembed.models.mmgem.MMGEMExtension, conf/model/mmgem.yaml): adds tokens to
+    # the featurizer, modules to the loaded model, LoRA options, and picks the embedder class.
+    extension: object | None = None
 
 
 def resolve_prompts(spec: ModelSpec, model_folder: str | None = None) -> tuple[PromptConfig, str]:
@@ -83,11 +86,27 @@ def build_featurizer(spec: ModelSpec) -> Featurizer:
         if spec.how_to_get:
             raise BackboneLoadError(f"{err}; {spec.how_to_get}") from err
         raise
+    if spec.extension is not None:
+        featurizer = spec.extension.featurizer(featurizer)
     prompts, source = resolve_prompts(spec, featurizer.name_or_path)
     where = {"explicit": "given explicitly", "adapter": "saved with the adapter", "model": "saved with the model",
              "default": "the configured default"}[source]
     log.info("prompts %s; a text renders as %r", where, featurizer.with_prompts(prompts).renderer.render("text", "<sent>"))
     return featurizer.with_prompts(prompts)
+
+
+def refuse_extension_adapter(adapter: str) -> None:
+    """An adapter that trained added token rows or whole modules (MM-GEM's [EMB] row and heads) only fits
+    a base prepared the same way: say so instead of peft's missing-key error."""
+    import json
+    from pathlib import Path
+
+    config_file = Path(adapter) / "adapter_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if config.get("trainable_token_indices") or config.get("modules_to_save"):
+        raise ConfigError(f"adapter {adapter} trained new token rows or modules ({config.get('trainable_token_indices')}, "
+                          f"{config.get('modules_to_save')}): load it with the model extension it was trained with, "
+                          "e.g. model=mmgem prompt=mmgem")
 
 
 def build_embedder(
@@ -109,16 +128,22 @@ def build_embedder(
         attn_implementation=spec.attn_implementation, padding_side=spec.padding_side, cache_dir=spec.cache_dir,
         quantization_config=quantization, featurizer=featurizer, vision_dtype=spec.vision_dtype,
     )
+    extension = spec.extension
+    if extension is not None:  # before a saved adapter attaches: its keys expect what the extension adds
+        backbone.model = extension.prepare_model(backbone.model, featurizer.tokenizer)
     if quantization is not None and trainable:
         backbone.model = prepare_for_kbit_training(backbone.model, spec.gradient_checkpointing)
     if spec.gradient_checkpointing and trainable:
         backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if spec.adapter:
+        if extension is None:
+            refuse_extension_adapter(spec.adapter)
         backbone.model = load_adapter(backbone.model, spec.adapter, merge=spec.merge_adapter)
     if trainable and lora is not None and lora.enabled:
         if spec.adapter and not spec.merge_adapter:
             raise ConfigError("training on top of an unmerged adapter: set merge_adapter=true")
-        backbone.model = apply_lora(backbone.model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+        extras = extension.lora_options(backbone.model, featurizer.tokenizer) if extension is not None else {}
+        backbone.model = apply_lora(backbone.model, lora.r, lora.alpha, lora.dropout, lora.target_modules, **extras)
     if trainable and train_projector:
         if spec.text_only:
             raise ConfigError("train_projector=true needs the vision modules: set model.text_only=false")
@@ -129,4 +154,6 @@ def build_embedder(
         from mmembed.models.vision_feature_cache import install_tower_cache
 
         install_tower_cache(backbone.model, spec.cache_dir)
+    if extension is not None:
+        return extension.embedder(backbone, spec.pooler, featurizer)
     return MLLMEmbedder(backbone, pooler=spec.pooler, featurizer=featurizer)

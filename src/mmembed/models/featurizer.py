@@ -8,6 +8,7 @@ training batches and evaluation inputs are featurised by one code path.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -45,11 +46,13 @@ class Featurizer:
         return self.renderer.config
 
     def with_prompts(self, prompts: PromptConfig) -> Featurizer:
-        return Featurizer(self.processor, self.tokenizer, self.family, self.image_token, prompts,
-                          self.name_or_path, self.supports_images)
+        # a copy keeps the class: a model extension's featurizer subclass (e.g. MM-GEM's) survives
+        out = copy.copy(self)
+        out.renderer = PromptRenderer(prompts or PromptConfig(), self.tokenizer, self.image_token)
+        return out
 
     def without_images(self) -> Featurizer:
-        out = self.with_prompts(self.prompts)
+        out = copy.copy(self)
         out.supports_images = False
         return out
 
@@ -96,6 +99,16 @@ class Featurizer:
             labels[row, length - answer : length] = inputs["input_ids"][row, length - answer : length]
         inputs["labels"] = labels
         return inputs
+
+    def generation_inputs(self, images: Sequence, instruction: str = DEFAULT_CAPTION_INSTRUCTION) -> dict[str, torch.Tensor]:
+        """The captioning prompt alone (what `caption_inputs` puts before the caption), left-padded for
+        `generate`: the model continues it with a caption."""
+        self._check_images()
+        if "<image>" not in instruction:
+            raise ValueError(f"the captioning instruction must contain <image>, got {instruction!r}")
+        prompt = self.renderer.user_turn(instruction, what="captioning prompts")
+        return dict(self.processor(text=[prompt] * len(images), images=list(images), return_tensors="pt", padding=True,
+                                   padding_side="left", add_special_tokens=False))
 
     def _check_images(self) -> None:
         if not self.supports_images:

@@ -33,11 +33,13 @@ def default_target_regex(model: nn.Module) -> str:
     return rf"{re.escape(decoder_path(model))}\.layers\.\d+\..*\.({'|'.join(DECODER_LINEARS)})"
 
 
-def apply_lora(model: nn.Module, r: int = 64, alpha: int = 16, dropout: float = 0.05, target_modules: str | None = None):
+def apply_lora(model: nn.Module, r: int = 64, alpha: int = 16, dropout: float = 0.05, target_modules: str | None = None,
+               **extras):
     """Wrap `model` with fresh LoRA adapters on the language model. Returns the PeftModel.
 
     `target_modules` is a regex over full module names (peft full-matches a string); None uses
-    `default_target_regex`. Everything except the adapters is frozen.
+    `default_target_regex`. Everything except the adapters is frozen. `extras` go to peft's LoraConfig
+    (a model extension's `modules_to_save`, `trainable_token_indices`: trained and saved with the adapter).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -45,7 +47,7 @@ def apply_lora(model: nn.Module, r: int = 64, alpha: int = 16, dropout: float = 
     matched = [n for n, m in unwrap(model).named_modules() if isinstance(m, nn.Linear) and re.fullmatch(regex, n)]
     if not matched:
         raise ConfigError(f"lora.target_modules={regex!r} matches no linear layer of this model")
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=regex, bias="none")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=regex, bias="none", **extras)
     return get_peft_model(model, config)
 
 

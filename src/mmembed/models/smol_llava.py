@@ -249,19 +249,10 @@ class SmolLlavaForConditionalGeneration(SmolLlavaPreTrainedModel, GenerationMixi
             loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
         )
 
-    def prepare_inputs_for_generation(
-        self, input_ids, pixel_values=None, past_key_values=None, vision_features=None, **kwargs
-    ):
-        model_inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
-        # Images enter only in the first step; later steps reuse the cache.
-        if model_inputs.get("past_key_values") is None or not _cache_has_content(model_inputs["past_key_values"]):
-            model_inputs["pixel_values"] = pixel_values
+    def prepare_inputs_for_generation(self, input_ids, vision_features=None, is_first_iteration=False, **kwargs):
+        # Images enter only in the prefill step; later steps reuse the cache. transformers drops
+        # pixel_values after prefill itself; precomputed tower features (vision_features) likewise here.
+        model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
+        if is_first_iteration or not kwargs.get("use_cache", True):
             model_inputs["vision_features"] = vision_features
         return model_inputs
-
-
-def _cache_has_content(cache) -> bool:
-    try:
-        return cache.get_seq_length() > 0
-    except AttributeError:
-        return cache is not None

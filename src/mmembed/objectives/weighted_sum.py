@@ -11,7 +11,8 @@ from mmembed.objectives.base import EmbeddingObjective, Objective, ObjectiveOutp
 
 
 class WeightedSum(EmbeddingObjective):
-    """`parts` name -> objective (all reading the same kind of rows); `weights` name -> float (default 1).
+    """`parts` name -> objective (all reading the same kind of rows); `weights` name -> float (default 1;
+    0 leaves the part out: it is neither featurised nor run).
 
     Each part's features are built from the same rows and kept under its name. Metrics are logged as
     `<part>/<metric>` plus `<part>/loss` (unweighted). Under GradCache every part must be an embedding
@@ -23,11 +24,17 @@ class WeightedSum(EmbeddingObjective):
     def __init__(self, parts: Mapping[str, Objective], weights: Mapping[str, float] | None = None):
         if not parts:
             raise ConfigError("objective.parts is empty: name at least one objective")
-        self.parts = dict(parts)
-        self.weights = {name: float((weights or {}).get(name, 1.0)) for name in self.parts}
-        unknown = sorted(set(weights or {}) - set(self.parts))
+        unknown = sorted(set(weights or {}) - set(parts))
         if unknown:
-            raise ConfigError(f"objective.weights names {unknown}, which are not in objective.parts {sorted(self.parts)}")
+            raise ConfigError(f"objective.weights names {unknown}, which are not in objective.parts {sorted(parts)}")
+        weights = {name: float((weights or {}).get(name, 1.0)) for name in parts}
+        # A part weighted 0 is not computed at all (no features, no forward pass): an ablation arm such
+        # as MM-GEM's embedding-only run costs what that objective alone costs.
+        self.disabled = sorted(name for name, w in weights.items() if w == 0.0)
+        self.parts = {name: part for name, part in parts.items() if weights[name] != 0.0}
+        if not self.parts:
+            raise ConfigError(f"every objective.weights is 0 ({weights}): at least one part must count")
+        self.weights = {name: weights[name] for name in self.parts}
         kinds = {part.row_kind for part in self.parts.values()}
         if len(kinds) > 1:
             raise ConfigError(f"objective.parts read different kinds of rows {sorted(kinds)}; one batch feeds them all")

@@ -47,6 +47,7 @@ def model_spec(cfg: DictConfig, explicit_prompts: bool | None = None, inference:
         default_prompts=prompts,
         pooler=instantiate(cfg.pooler) if cfg.get("pooler") else None,
         vision_feature_cache=bool(m.get("vision_feature_cache", False)),
+        extension=instantiate(m.extension) if m.get("extension") else None,
     )
     for key, value in changes.items():
         setattr(spec, key, value)

@@ -60,6 +60,19 @@ class CaptionBenchmark:
             dict(self.meta),
         )
 
+    def joined(self, separator: str = " ") -> CaptionBenchmark:
+        """One long text per image: its captions in file order, joined (MM-GEM's long-text retrieval; for
+        Flickr8k five sentences, about 60 words). Images without a caption are dropped."""
+        texts: dict[int, list[str]] = {}
+        for caption, image in zip(self.captions, self.caption_image):
+            texts.setdefault(image, []).append(caption.strip())
+        keep = sorted(texts)
+        out = self.subset(keep)
+        out.captions = [separator.join(texts[i]) for i in keep]
+        out.caption_image = list(range(len(keep)))
+        out.meta["joined_captions"] = {"texts": len(keep), "captions_per_text": len(self.captions) / max(len(keep), 1)}
+        return out
+
     def image_range(self, start: int | None, stop: int | None) -> CaptionBenchmark:
         """The images at positions [start, stop) of the *file-name-sorted* image list, and their captions.
 
@@ -180,7 +193,8 @@ def read_caption_config(cfg: Mapping, check_images: bool = True) -> CaptionBench
         kept = {img for img, _ in captions}
         ordered = [img for img in ordered if img in kept]
     bench = _build(name, cfg["images"], ordered, captions, meta, _LAYOUTS[fmt], check_images, limit, drop_missing=has_split)
-    return select_image_range(bench, cfg.get("image_range"))
+    bench = select_image_range(bench, cfg.get("image_range"))
+    return bench.joined() if cfg.get("join_captions") else bench
 
 
 def select_image_range(bench: CaptionBenchmark, image_range) -> CaptionBenchmark:

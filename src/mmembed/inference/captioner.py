@@ -1,0 +1,44 @@
+"""Captions for images from a model trained to caption (MM-GEM's generative half, or an aligned projector).
+
+The prompt is the captioning objective's own (`Featurizer.generation_inputs`: the same instruction, the
+same image placeholders, the same chat wrapping), so the model continues exactly the prefix it learned
+to continue. Decoding is transformers' `generate`: greedy (num_beams=1) or beam search, no sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mmembed.models.featurizer import DEFAULT_CAPTION_INSTRUCTION
+
+
+class Captioner:
+    """`caption(images) -> list[str]` with an `MLLMEmbedder`'s model and featurizer (from the model factory)."""
+
+    def __init__(self, embedder, instruction: str = DEFAULT_CAPTION_INSTRUCTION, max_new_tokens: int = 30,
+                 num_beams: int = 1):
+        if max_new_tokens < 1 or num_beams < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} and num_beams={num_beams} must both be >= 1")
+        self.embedder, self.instruction = embedder, instruction
+        self.max_new_tokens, self.num_beams = int(max_new_tokens), int(num_beams)
+
+    @torch.no_grad()
+    def caption(self, images: Sequence, batch_size: int = 8, progress: bool = False) -> list[str]:
+        from tqdm.auto import tqdm
+
+        model, featurizer = self.embedder.model.eval(), self.embedder.featurizer
+        tokenizer = featurizer.tokenizer
+        out: list[str] = []
+        starts = range(0, len(images), batch_size)
+        for start in tqdm(starts, desc="captions", unit="batch", disable=not progress):
+            inputs = featurizer.generation_inputs(images[start : start + batch_size], self.instruction)
+            inputs = {k: v.to(self.embedder.device) for k, v in inputs.items()}
+            generated = model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            )
+            new = generated[:, inputs["input_ids"].shape[1]:]  # generate returns prompt + continuation
+            out += [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        return out
