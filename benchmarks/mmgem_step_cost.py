@@ -48,7 +48,7 @@ def child(grid: int, steps: int, batch_size: int, overrides: list[str]) -> dict:
     batches = [b["features"] for b in islice(iter(datamodule.train_dataloader()), steps + 1)]
     image_tokens = int((batches[0]["captioning"]["input_ids"][0] == embedder.model.config.image_token_id).sum())
     embedder.train()
-    embedder.model.model.vision_tower.eval()  # frozen, BatchNorm statistics fixed (as the LightningModule does)
+    embedder.backbone.body.vision_tower.eval()  # frozen, BatchNorm statistics fixed (as the LightningModule does)
     optimizer = torch.optim.AdamW([p for p in embedder.parameters() if p.requires_grad], lr=1e-4)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     times = []
