@@ -82,12 +82,9 @@ class Featurizer:
     ) -> dict[str, torch.Tensor]:
         """`<user turn: instruction with the image><assistant starts> caption <eos>`, right-padded, with
         `labels` = the caption and end-of-turn tokens (everything else IGNORE_INDEX)."""
-        self._check_images()
-        if "<image>" not in instruction:
-            raise ValueError(f"the captioning instruction must contain <image>, got {instruction!r}")
         if len(images) != len(captions):
             raise ValueError(f"{len(images)} images but {len(captions)} captions")
-        prompt = self.renderer.user_turn(instruction, what="captioning prompts")
+        prompt = self._caption_prompt(instruction)
         answers = [caption + (self.tokenizer.eos_token or "") for caption in captions]
         inputs = dict(self.processor(text=[prompt + a for a in answers], images=list(images), return_tensors="pt",
                                      padding=True, padding_side="right", add_special_tokens=False))
@@ -103,12 +100,16 @@ class Featurizer:
     def generation_inputs(self, images: Sequence, instruction: str = DEFAULT_CAPTION_INSTRUCTION) -> dict[str, torch.Tensor]:
         """The captioning prompt alone (what `caption_inputs` puts before the caption), left-padded for
         `generate`: the model continues it with a caption."""
+        prompt = self._caption_prompt(instruction)
+        return dict(self.processor(text=[prompt] * len(images), images=list(images), return_tensors="pt", padding=True,
+                                   padding_side="left", add_special_tokens=False))
+
+    def _caption_prompt(self, instruction: str) -> str:
+        """The rendered user turn of a captioning instruction, shared by training inputs and generation."""
         self._check_images()
         if "<image>" not in instruction:
             raise ValueError(f"the captioning instruction must contain <image>, got {instruction!r}")
-        prompt = self.renderer.user_turn(instruction, what="captioning prompts")
-        return dict(self.processor(text=[prompt] * len(images), images=list(images), return_tensors="pt", padding=True,
-                                   padding_side="left", add_special_tokens=False))
+        return self.renderer.user_turn(instruction, what="captioning prompts")
 
     def _check_images(self) -> None:
         if not self.supports_images:
