@@ -76,3 +76,26 @@ def test_caption_cli_writes_captions_references_and_scores(tiny_smol_llava_dir, 
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     said = bad.stdout + bad.stderr  # Hydra logs to stdout
     assert bad.returncode == 2 and "benchmark='nope' is not in suite" in said and "Traceback" not in said
+
+
+def test_caption_cli_captions_one_box_of_one_image(tiny_smol_llava_dir, tmp_path, data_root):
+    image = tmp_path / "photo.png"
+    _images(1)[0].save(image)  # 48 wide x 40 high
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MMEMBED_DATA": str(data_root)}
+    base = [sys.executable, str(REPO / "src" / "caption.py"), "model=mmgem", "prompt=mmgem",
+            f"model.name_or_path={tiny_smol_llava_dir}", "model.inference_dtype=float32",
+            "generation.max_new_tokens=4", f"region.image={image}"]
+    out = tmp_path / "run"
+    proc = subprocess.run(base + ["region.box=[4,2,30,38]", f"hydra.run.dir={out}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = json.loads((out / "region_caption.json").read_text())
+    embedder = build_embedder(ModelSpec(name_or_path=str(tiny_smol_llava_dir), prompts=PROMPTS,
+                                        extension=MMGEMExtension()))
+    expected = Captioner(embedder, instruction="<image>", max_new_tokens=4).caption(
+        [Image.open(image).convert("RGB")], boxes=[(4, 2, 30, 38)])[0]
+    assert written["box"] == [4.0, 2.0, 30.0, 38.0] and written["caption"] == expected
+    bad = subprocess.run(base + ["region.box=[4,2,30]", f"hydra.run.dir={out}2"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    said = bad.stdout + bad.stderr
+    assert bad.returncode == 2 and "region.box=[4, 2, 30]" in said and "Traceback" not in said

@@ -48,7 +48,9 @@ IMAGE_ONLY_KINDS = ("image", "cir_target", "fiq_target")
 
 class MMGEMVisionHeads(nn.Module):
     """Stands where the projector stood: tower tokens [B, N, C] -> PoolAggregator -> h2 prefix [B, g*g, D]
-    (the LLM path), or, inside `_global_route(body)`, h1(global vector) as [B, 1, D] (the image embedding)."""
+    (the LLM path), or, inside `_global_route(body)`, h1(global vector) as [B, 1, D] (the image embedding).
+    Inside `region_route(body, boxes)` (one normalised box per image) the same two paths read the box's
+    RoI-pooled tokens instead: h2(g x g region tokens) as the caption prefix, h1(region vector)."""
 
     def __init__(self, h2: nn.Module, vision_dim: int, hidden: int, grid: int = 3, mode: str = "avg", seed: int = 0):
         super().__init__()
@@ -63,11 +65,19 @@ class MMGEMVisionHeads(nn.Module):
                 layer.bias.copy_(torch.empty_like(layer.bias).uniform_(-bound, bound, generator=generator))
         self.to(next(h2.parameters()).dtype)
         self._global = False  # set by _global_route while an image embedding is computed
+        self._boxes: torch.Tensor | None = None  # set by region_route: [B, 5] normalised boxes
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         side = math.isqrt(tokens.shape[1])
         if side * side != tokens.shape[1]:
             raise ValueError(f"MM-GEM pools a square token grid; got {tokens.shape[1]} vision tokens")
+        if self._boxes is not None:
+            if len(self._boxes) != len(tokens):
+                raise ValueError(f"region_route needs one box per image: {len(self._boxes)} boxes, {len(tokens)} images")
+            pooled = self.aggregator(tokens, boxes=self._boxes.to(tokens.device), hw=(side, side))
+            if self._global:
+                return self.h1(pooled.region_vector).unsqueeze(1)
+            return self.h2(pooled.region_tokens.flatten(2).transpose(1, 2))
         pooled = self.aggregator(tokens, hw=(side, side))
         if self._global:
             return self.h1(pooled.global_vector).unsqueeze(1)
@@ -158,7 +168,16 @@ class MMGEMFeaturizer(Featurizer):
 
 
 class MMGEMEmbedder(MLLMEmbedder):
-    """MLLMEmbedder whose token-less image inputs are embedded by h1 of the pooled tower features."""
+    """MLLMEmbedder whose token-less image inputs are embedded by h1 of the pooled tower features, and
+    whose `embed_regions` embeds one box per image by h1 of its RoI-pooled region vector."""
+
+    @torch.no_grad()
+    def embed_regions(self, images, boxes) -> torch.Tensor:
+        """[B, D] unit vectors of one box per image ((x1, y1, x2, y2) in that image's pixels)."""
+        images = list(images)
+        inputs = self.featurizer.featurize_images(images)
+        with region_route(self.backbone.body, normalised_boxes(images, boxes, self.featurizer)):
+            return self(**inputs)
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         if "input_ids" in inputs:
@@ -173,12 +192,18 @@ class MMGEMEmbedder(MLLMEmbedder):
         return F.normalize(features[:, 0].float(), dim=-1)
 
 
-@contextmanager
-def _global_route(body: nn.Module):
-    """Route every MMGEMVisionHeads under `body` (the plain one, or peft's original and trained copies) to h1."""
+def _heads(body: nn.Module, what: str) -> list[MMGEMVisionHeads]:
+    """Every MMGEMVisionHeads under `body`: the plain one, or peft's original and trained copies."""
     heads = [m for m in body.modules() if isinstance(m, MMGEMVisionHeads)]
     if not heads:
-        raise ConfigError("this model has no MM-GEM heads (model=mmgem builds them); images cannot take the h1 path")
+        raise ConfigError(f"this model has no MM-GEM heads (model=mmgem builds them): {what}")
+    return heads
+
+
+@contextmanager
+def _global_route(body: nn.Module):
+    """Route the heads to h1: an image (or, inside region_route, a region) embedding."""
+    heads = _heads(body, "images cannot take the h1 path")
     for h in heads:
         h._global = True
     try:
@@ -186,6 +211,34 @@ def _global_route(body: nn.Module):
     finally:
         for h in heads:
             h._global = False
+
+
+@contextmanager
+def region_route(body: nn.Module, boxes: torch.Tensor):
+    """Inside: every image the heads see is replaced by its box's RoI-pooled region (boxes [B, 4]
+    normalised, one per image, in batch order): region captions through h2, region embeddings through h1."""
+    heads = _heads(body, "region captions and embeddings need the PoolAggregator's RoI pooling")
+    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"region_route takes [B, 4] boxes (x1, y1, x2, y2), got shape {tuple(boxes.shape)}")
+    indexed = torch.cat([torch.arange(len(boxes), dtype=boxes.dtype)[:, None], boxes], dim=1)
+    for h in heads:
+        h._boxes = indexed
+    try:
+        yield
+    finally:
+        for h in heads:
+            h._boxes = None
+
+
+def normalised_boxes(images, boxes, featurizer: Featurizer) -> torch.Tensor:
+    """[B, 4]: each image's pixel box mapped through the featurizer's preprocessing (region_boxes.py)."""
+    from mmembed.models.region_boxes import processed_box
+
+    if len(boxes) != len(images):
+        raise ValueError(f"one box per image: {len(boxes)} boxes for {len(images)} images")
+    image_processor = featurizer.processor.image_processor
+    return torch.tensor([processed_box(box, image.size, image_processor) for image, box in zip(images, boxes)])
 
 
 def _image_side(image_processor) -> int:

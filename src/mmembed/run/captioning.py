@@ -14,10 +14,10 @@ log = logging.getLogger(__name__)
 
 
 def run_captioning(cfg: DictConfig) -> dict:
+    if cfg.get("region") and cfg.region.get("image"):
+        return caption_region(cfg)
     from mmembed.data.benchmarks.captions import read_caption_config
-    from mmembed.data.images import load_image
-    from mmembed.inference.captioner import Captioner
-    from mmembed.metrics.captioning import caption_scores
+    from mmembed.evaluation.tasks_caption import caption_and_score
     from mmembed.models.factory import build_embedder
     from mmembed.run.config import model_spec
     from mmembed.run.folders import ensure_writable
@@ -33,15 +33,10 @@ def run_captioning(cfg: DictConfig) -> dict:
     out_dir = ensure_writable(cfg.paths.output_dir)
     embedder = build_embedder(model_spec(cfg, inference=True))
     gen = cfg.generation
-    captioner = Captioner(embedder, gen.instruction, gen.max_new_tokens, gen.num_beams)
-    images = [load_image(path) for path in bench.images]
-    captions = captioner.caption(images, batch_size=int(gen.batch_size), progress=bool(cfg.progress))
-    references: dict[str, list[str]] = {image_id: [] for image_id in bench.image_ids}
-    for text, image in zip(bench.captions, bench.caption_image):
-        references[bench.image_ids[image]].append(text)
-    predictions = dict(zip(bench.image_ids, captions))
-    scores = caption_scores(predictions, references, tokenizer=cfg.scoring.tokenizer,
-                            java_scorers=bool(cfg.scoring.java_scorers))
+    predictions, references, scores = caption_and_score(
+        embedder, bench, gen.instruction, int(gen.max_new_tokens), int(gen.num_beams),
+        batch_size=int(gen.batch_size), progress=bool(cfg.progress), tokenizer=cfg.scoring.tokenizer,
+        java_scorers=bool(cfg.scoring.java_scorers))
     captions_file = Path(out_dir) / "captions.jsonl"
     with open(captions_file, "w", encoding="utf-8") as f:
         for image_id, caption in predictions.items():
@@ -51,4 +46,30 @@ def run_captioning(cfg: DictConfig) -> dict:
               "generation": OmegaConf.to_container(gen, resolve=True), "scores": scores,
               "captions_file": str(captions_file)}
     (Path(out_dir) / "scores.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def caption_region(cfg: DictConfig) -> dict:
+    """`region.image=<file> region.box=[x1,y1,x2,y2]` (pixels of that file): one caption of that box
+    (MM-GEM's RoI-pooled prefix), written to region_caption.json; the model needs model=mmgem."""
+    from mmembed.data.images import load_image
+    from mmembed.inference.captioner import Captioner
+    from mmembed.models.factory import build_embedder
+    from mmembed.run.config import model_spec
+    from mmembed.run.folders import ensure_writable
+
+    path, box = Path(str(cfg.region.image)), cfg.region.get("box")
+    if not path.is_file():
+        raise ConfigError(f"region.image={path}: no such file")
+    if box is None or len(box) != 4:
+        raise ConfigError(f"region.box={box}: give the box as [x1,y1,x2,y2] in pixels of {path.name}")
+    image = load_image(path)  # before the model loads: a bad file fails in seconds
+    out_dir = ensure_writable(cfg.paths.output_dir)
+    embedder = build_embedder(model_spec(cfg, inference=True))
+    gen = cfg.generation
+    caption = Captioner(embedder, gen.instruction, gen.max_new_tokens, gen.num_beams).caption(
+        [image], boxes=[[float(v) for v in box]])[0]
+    result = {"image": str(path), "box": [float(v) for v in box], "caption": caption,
+              "scores": None, "generation": OmegaConf.to_container(gen, resolve=True)}
+    (Path(out_dir) / "region_caption.json").write_text(json.dumps(result, indent=2))
     return result

@@ -1,0 +1,58 @@
+"""Captioning as a suite benchmark (`task: captioning`): a caption benchmark's images are captioned by the
+model (greedy or beam search) and scored against all their references (BLEU-1..4, CIDEr x100).
+
+It reads the same benchmark layout as `task: retrieval` (conf/eval/flickr8k_1k.yaml), so one suite can
+report retrieval and captioning of the same test images (conf/eval/mmgem_conflict.yaml); `src/caption.py`
+runs the same code on its own and also writes every caption to a file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from mmembed.data.benchmarks.captions import read_caption_config
+from mmembed.evaluation.common import option
+
+DEFAULT_INSTRUCTION = "<image>\nDescribe the image in one sentence."
+
+
+def read_captioning_benchmark(cfg):
+    return read_caption_config(cfg)
+
+
+def caption_and_score(embedder, bench, instruction: str, max_new_tokens: int = 30, num_beams: int = 1,
+                      batch_size: int = 8, progress: bool = True, tokenizer: str = "auto",
+                      java_scorers: bool = True) -> tuple[dict, dict, dict]:
+    """(predictions {image id: caption}, references {image id: [captions]}, scores) for a caption benchmark."""
+    from mmembed.data.images import load_image
+    from mmembed.inference.captioner import Captioner
+    from mmembed.metrics.captioning import caption_scores
+
+    captioner = Captioner(getattr(embedder, "embedder", embedder), instruction, max_new_tokens, num_beams)
+    images = [load_image(path) for path in bench.images]
+    captions = captioner.caption(images, batch_size=batch_size, progress=progress)
+    references: dict[str, list[str]] = {image_id: [] for image_id in bench.image_ids}
+    for text, image in zip(bench.captions, bench.caption_image):
+        references[bench.image_ids[image]].append(text)
+    predictions = dict(zip(bench.image_ids, captions))
+    scores = caption_scores(predictions, references, tokenizer=tokenizer, java_scorers=java_scorers)
+    return predictions, references, scores
+
+
+def run_captioning(embedder, cfg: Mapping, batch_size: int = 16, progress: bool = True) -> dict:
+    bench = read_captioning_benchmark(cfg)
+    instruction = option(cfg, "instruction", DEFAULT_INSTRUCTION)
+    max_new_tokens, num_beams = int(option(cfg, "max_new_tokens", 30)), int(option(cfg, "num_beams", 1))
+    predictions, _, scores = caption_and_score(
+        embedder, bench, instruction, max_new_tokens, num_beams, batch_size=batch_size, progress=progress,
+        tokenizer=option(cfg, "scoring_tokenizer", "auto"), java_scorers=bool(option(cfg, "java_scorers", True)),
+    )
+    metrics = {k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and k != "num_images"}
+    protocol = {
+        "task": "captioning", **bench.meta, "images": len(bench.images), "references": len(bench.captions),
+        "instruction": instruction, "max_new_tokens": max_new_tokens, "num_beams": num_beams,
+        "decoding": "greedy" if num_beams == 1 else f"beam search ({num_beams} beams)",
+        "scoring": {k: v for k, v in scores.items() if k not in metrics},
+        "examples": dict(list(predictions.items())[:5]),
+    }
+    return {"metrics": metrics, "protocol": protocol}
