@@ -199,7 +199,9 @@ NOT_LOCAL = {"e5v_paper"}  # Flickr30K / COCO Karpathy test: not in the shared d
 def test_no_eval_image_or_caption_is_a_training_one(suite, data_root, training_pairs):
     cfg = _compose_eval(suite, data_root)
     benchmarks = OmegaConf.to_container(cfg.eval.benchmarks, resolve=True) or {}
-    caption_sets = [dict(b, name=k) for k, b in benchmarks.items() if b and b.get("task") == "retrieval"]
+    # every benchmark over a caption file's images: retrieval, captioning, regions (the test images' boxes)
+    caption_sets = [dict(b, name=k) for k, b in benchmarks.items() if b and b.get("task") in ("retrieval", "captioning",
+                                                                                             "regions")]
     if cfg.eval.get("modality_gap"):
         caption_sets.append(OmegaConf.to_container(cfg.eval.modality_gap, resolve=True))
     eval_images, eval_captions = set(), set()

@@ -75,8 +75,9 @@ class ImageTextRows:
             raise DataConfigError(f"no image of this batch could be read ({len(rows)} rows); see the warnings above")
         raw = [row["text"] for row in rows]
         cut = self.featurizer.truncate(raw, self.max_text_tokens)
-        out = [{"image": image, "image_key": _key(row["image"]), "text": text}
-               for row, image, text in zip(rows, images, cut)]
+        # a region row keeps its box; its key names the box, so two regions of one image are two candidates
+        out = [{"image": image, "image_key": _key(row["image"]) + (f"#{row['box']}" if row.get("box") else ""),
+                "text": text, "box": row.get("box")} for row, image, text in zip(rows, images, cut)]
         return Prepared(out, skips.count, sum(a != b for a, b in zip(raw, cut)))
 
 

@@ -10,7 +10,10 @@ Sources (each a mapping in `data.sources`, several are concatenated):
                            the file's folder);
 - `format: imagefolder`    the `datasets` ImageFolder layout: `<root>/metadata.jsonl` (or `.csv`) with a
                            `file_name` column and a text column (`text_column`, default `text`); the same
-                           folder loads with `datasets.load_dataset("imagefolder", data_dir=root)`.
+                           folder loads with `datasets.load_dataset("imagefolder", data_dir=root)`;
+- `format: flickr30k_entities` region-phrase pairs: a Flickr8k-style caption source's images (`captions`,
+                           `images`, `split`, `split_files`) and `entities` (flickr8k_entities.jsonl.gz);
+                           each pair carries its box (MM-GEM's region level, mmembed.data.benchmarks.regions).
 Splits: `split: train` + `split_files: {train: ..., dev: ..., test: ...}` (files of image names, e.g.
 Flickr8k's `Flickr_8k.trainImages.txt`) keeps that split's images, matched by file name, whatever folder
 they are in; `heldout_splits: [dev, test]` also drops captions identical to one of those splits' captions, so
@@ -39,7 +42,7 @@ from mmembed.errors import DataConfigError
 
 log = logging.getLogger(__name__)
 
-PAIR_FORMATS = (*CAPTION_FORMATS, "pairs", "imagefolder")
+PAIR_FORMATS = (*CAPTION_FORMATS, "pairs", "imagefolder", "flickr30k_entities")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class ImageTextPair:
     image: str  # path of the image file
     text: str
     source: str  # the source's name, for counts and error messages
+    box: tuple[float, float, float, float] | None = None  # a region of the image (its pixels), or the whole image
 
 
 def read_image_text_sources(sources: Sequence[Mapping]) -> list[ImageTextPair]:
@@ -64,6 +68,12 @@ def read_image_text_sources(sources: Sequence[Mapping]) -> list[ImageTextPair]:
 def read_image_text_source(source: Mapping) -> list[ImageTextPair]:
     fmt = source.get("format")
     name = source.get("name") or str(fmt)
+    if fmt == "flickr30k_entities":
+        from mmembed.data.benchmarks.regions import region_phrase_pairs
+
+        found, counts = region_phrase_pairs(dict(source, name=name, format="flickr8k_token"))
+        log.info("region source %s: %s", name, counts)
+        return [ImageTextPair(str(path), phrase, name, box) for path, phrase, box in found]
     if fmt in CAPTION_FORMATS:
         bench = read_caption_config(dict(source, name=name), check_images=False)
         return [ImageTextPair(str(bench.images[i]), text, name) for text, i in zip(bench.captions, bench.caption_image)]
@@ -101,7 +111,7 @@ def source_paths(source: Mapping) -> list[tuple[str, Path]]:
     """Every local path a source names (caption file, each image folder, split files), as (setting, path):
     what a fail-fast check before the model loads should find. Accepts OmegaConf lists and mappings."""
     paths = []
-    for key in ("captions", "images", "file", "root", "split_file"):
+    for key in ("captions", "images", "file", "root", "split_file", "entities"):
         value = source.get(key)
         values = [value] if value is None or isinstance(value, (str, os.PathLike)) else list(value)
         paths += [(key, Path(str(v)).expanduser()) for v in values if v]
@@ -139,5 +149,5 @@ def _read_imagefolder_metadata(root: Path) -> list[dict]:
 
 
 def pairs_as_rows(pairs: Sequence[ImageTextPair]) -> list[dict]:
-    return [{"image": p.image, "text": p.text} for p in pairs]
+    return [{"image": p.image, "text": p.text, "box": p.box} for p in pairs]
 

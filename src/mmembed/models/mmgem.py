@@ -71,17 +71,23 @@ class MMGEMVisionHeads(nn.Module):
         side = math.isqrt(tokens.shape[1])
         if side * side != tokens.shape[1]:
             raise ValueError(f"MM-GEM pools a square token grid; got {tokens.shape[1]} vision tokens")
-        if self._boxes is not None:
-            if len(self._boxes) != len(tokens):
-                raise ValueError(f"region_route needs one box per image: {len(self._boxes)} boxes, {len(tokens)} images")
-            pooled = self.aggregator(tokens, boxes=self._boxes.to(tokens.device), hw=(side, side))
+        if self._boxes is None:
+            pooled = self.aggregator(tokens, hw=(side, side))
             if self._global:
-                return self.h1(pooled.region_vector).unsqueeze(1)
-            return self.h2(pooled.region_tokens.flatten(2).transpose(1, 2))
-        pooled = self.aggregator(tokens, hw=(side, side))
+                return self.h1(pooled.global_vector).unsqueeze(1)
+            return self.h2(pooled.prefix_tokens)
+        if len(self._boxes) != len(tokens):
+            raise ValueError(f"region_route needs one box per image: {len(self._boxes)} boxes, {len(tokens)} images")
+        boxes = self._boxes.to(tokens.device)
+        whole = torch.isnan(boxes[:, 1:]).any(dim=1)  # rows without a box keep the whole image
+        full = boxes.new_tensor([0.0, 0.0, 1.0, 1.0]).expand(len(boxes), 4)
+        boxes = torch.cat([boxes[:, :1], torch.where(whole[:, None], full, boxes[:, 1:])], dim=1)
+        pooled = self.aggregator(tokens, boxes=boxes, hw=(side, side))
         if self._global:
-            return self.h1(pooled.global_vector).unsqueeze(1)
-        return self.h2(pooled.prefix_tokens)
+            vector = torch.where(whole[:, None], pooled.global_vector, pooled.region_vector)
+            return self.h1(vector).unsqueeze(1)
+        regions = pooled.region_tokens.flatten(2).transpose(1, 2)
+        return self.h2(torch.where(whole[:, None, None], pooled.prefix_tokens, regions))
 
 
 @dataclass
@@ -176,10 +182,13 @@ class MMGEMEmbedder(MLLMEmbedder):
         """[B, D] unit vectors of one box per image ((x1, y1, x2, y2) in that image's pixels)."""
         images = list(images)
         inputs = self.featurizer.featurize_images(images)
-        with region_route(self.backbone.body, normalised_boxes(images, boxes, self.featurizer)):
-            return self(**inputs)
+        return self(**inputs, region_boxes=normalised_boxes(images, boxes, self.featurizer))
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        boxes = inputs.pop("region_boxes", None)  # [B, 4] normalised (NaN rows: whole images), see region_route
+        if boxes is not None:
+            with region_route(self.backbone.body, boxes):
+                return self.forward(**inputs)
         if "input_ids" in inputs:
             return super().forward(**inputs)
         body, device = self.backbone.body, self.device
@@ -216,7 +225,8 @@ def _global_route(body: nn.Module):
 @contextmanager
 def region_route(body: nn.Module, boxes: torch.Tensor):
     """Inside: every image the heads see is replaced by its box's RoI-pooled region (boxes [B, 4]
-    normalised, one per image, in batch order): region captions through h2, region embeddings through h1."""
+    normalised, one per image, in batch order; a row of NaN keeps that whole image): region captions
+    through h2, region embeddings through h1."""
     heads = _heads(body, "region captions and embeddings need the PoolAggregator's RoI pooling")
     boxes = torch.as_tensor(boxes, dtype=torch.float32)
     if boxes.dim() != 2 or boxes.shape[1] != 4:
@@ -232,13 +242,16 @@ def region_route(body: nn.Module, boxes: torch.Tensor):
 
 
 def normalised_boxes(images, boxes, featurizer: Featurizer) -> torch.Tensor:
-    """[B, 4]: each image's pixel box mapped through the featurizer's preprocessing (region_boxes.py)."""
+    """[B, 4]: each image's pixel box mapped through the featurizer's preprocessing (region_boxes.py);
+    a None box (the whole image) becomes a row of NaN."""
     from mmembed.models.region_boxes import processed_box
 
     if len(boxes) != len(images):
         raise ValueError(f"one box per image: {len(boxes)} boxes for {len(images)} images")
     image_processor = featurizer.processor.image_processor
-    return torch.tensor([processed_box(box, image.size, image_processor) for image, box in zip(images, boxes)])
+    nan = (float("nan"),) * 4
+    return torch.tensor([nan if box is None else processed_box(box, image.size, image_processor)
+                         for image, box in zip(images, boxes)], dtype=torch.float32)
 
 
 def _image_side(image_processor) -> int:

@@ -69,6 +69,11 @@ def _key(image: str) -> str:
     return Path(image).name  # split files list bare file names; Karpathy-style paths match by their last part
 
 
+def captions_of_splits(captions: list[tuple[str, str]], splits: list[set[str]]) -> set[str]:
+    """The normalised captions of every image in one of `splits` (sets of file names)."""
+    return {normalise_caption(cap) for img, cap in captions if any(_key(img) in members for members in splits)}
+
+
 def normalise_caption(caption: str) -> str:
     """Case and spacing folded: `A dog runs .` and `a dog  runs .` are the same sentence for leakage checks."""
     return " ".join(caption.lower().split())
@@ -99,7 +104,7 @@ def select_split(name: str, captions: list[tuple[str, str]], cfg: Mapping) -> tu
     chosen, anywhere = members[split], set().union(*members.values())
     kept = [(img, cap) for img, cap in captions if _key(img) in chosen]
     in_no_split = sum(_key(img) not in anywhere for img, _ in captions)
-    held_captions = {normalise_caption(cap) for img, cap in captions if any(_key(img) in members[s] for s in heldout)}
+    held_captions = captions_of_splits(captions, [members[s] for s in heldout])
     before = len(kept)
     kept = [(img, cap) for img, cap in kept if normalise_caption(cap) not in held_captions]
     with_captions = {_key(img) for img, _ in kept}

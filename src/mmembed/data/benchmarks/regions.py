@@ -23,8 +23,15 @@ from pathlib import Path
 
 from PIL import Image
 
+from mmembed.data.benchmarks.caption_splits import (
+    captions_of_splits,
+    normalise_caption,
+    read_split_file,
+    read_token_file,
+)
 from mmembed.data.benchmarks.captions import read_caption_config
 from mmembed.data.benchmarks.layout import BenchmarkLayoutError
+from mmembed.errors import DataConfigError
 
 
 @dataclass(frozen=True)
@@ -110,10 +117,12 @@ def image_regions(entry: Mapping, image: int, size, min_side: float, counts: Cou
     return kept, phrases
 
 
-def read_region_config(cfg: Mapping) -> RegionBenchmark:
+def read_region_config(cfg: Mapping, min_chains: int = 2, check_images: bool = True) -> RegionBenchmark:
     """A region benchmark: the caption-benchmark settings of its images (`format`, `captions`, `images`,
-    `split`, `split_files`, `max_images`) plus `entities` (flickr8k_entities.jsonl.gz) and `min_side`."""
-    base = read_caption_config(cfg)
+    `split`, `split_files`, `max_images`) plus `entities` (flickr8k_entities.jsonl.gz) and `min_side`.
+    Images with fewer than `min_chains` chains left are dropped (2 for phrase -> region evaluation).
+    `check_images=False` (training): a split's images no folder holds are dropped, as caption sources do."""
+    base = read_caption_config(cfg, check_images=check_images)
     entities = read_entities(cfg["entities"])
     min_side = float(cfg.get("min_side") or 8)
     counts: Counter = Counter()
@@ -126,8 +135,8 @@ def read_region_config(cfg: Mapping) -> RegionBenchmark:
         with Image.open(path) as image:
             size = image.size
         kept, chain_phrases = image_regions(entry, len(images), size, min_side, counts)
-        if len({r.chain for r in kept}) < 2:
-            counts["images_with_fewer_than_2_chains"] += 1
+        if len({r.chain for r in kept}) < min_chains:
+            counts[f"images_with_fewer_than_{min_chains}_chains"] += 1
             continue
         images.append(path)
         image_ids.append(image_id)
@@ -135,3 +144,39 @@ def read_region_config(cfg: Mapping) -> RegionBenchmark:
         phrases.update({(len(images) - 1, chain): chain_phrases[chain] for chain in {r.chain for r in kept}})
     counts["regions_kept"], counts["images_kept"] = len(regions), len(images)
     return RegionBenchmark(cfg.get("name", "regions"), images, image_ids, regions, phrases, dict(counts))
+
+
+def region_phrase_pairs(cfg: Mapping) -> tuple[list[tuple[Path, str, tuple]], dict]:
+    """Training pairs (image path, phrase, box in the copy's pixels): every distinct phrase of each chain
+    that has exactly ONE kept box ("two dogs" over two boxes names neither box alone), with the counts."""
+    bench = read_region_config(cfg, min_chains=1, check_images=False)
+    boxes: dict[tuple[int, str], list[Region]] = {}
+    for r in bench.regions:
+        boxes.setdefault((r.image, r.chain), []).append(r)
+    held = _heldout_captions(cfg)
+    pairs, several, dropped = [], 0, 0
+    for (image, chain), found in boxes.items():
+        if len(found) > 1:
+            several += 1
+            continue
+        for phrase in bench.phrases[(image, chain)]:
+            if normalise_caption(phrase) in held:
+                dropped += 1
+            else:
+                pairs.append((bench.images[image], phrase, found[0].box))
+    return pairs, {**bench.counts, "chains_with_several_boxes": several, "phrases_dropped_as_heldout": dropped,
+                   "pairs": len(pairs)}
+
+
+def _heldout_captions(cfg: Mapping) -> set[str]:
+    """Captions of the `heldout_splits` images (a short test caption such as "a dog" may also be a training
+    phrase): no evaluation sentence is trained on, as for caption sources."""
+    heldout = list(cfg.get("heldout_splits") or [])
+    if not heldout:
+        return set()
+    files = cfg.get("split_files") or {}
+    unknown = [s for s in heldout if s not in files]
+    if unknown:
+        raise DataConfigError(f"{cfg.get('name')}: heldout_splits {unknown} must name splits of {sorted(files)}")
+    _, captions, _ = read_token_file(Path(cfg["captions"]))
+    return captions_of_splits(captions, [set(read_split_file(files[s], cfg.get("name"))) for s in heldout])
