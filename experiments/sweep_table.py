@@ -71,20 +71,23 @@ def build_table(keys: list[str], jobs: list[dict], metrics: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(keys: list[str], jobs: list[dict], metric: str, path: Path) -> None:
+def plot(keys: list[str], jobs: list[dict], metrics: list[str], path: Path) -> None:
+    """One bar panel per metric, a bar per finished job."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [j for j in jobs if j["finished"] and j["metrics"].get(metric) is not None]
+    done = [j for j in jobs if j["finished"]]
     labels = [", ".join(f"{k.split('.')[-1]}={j['params'][k]}" for k in keys) for j in done]
-    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(done)), 3.2))
-    ax.bar(range(len(done)), [j["metrics"][metric] for j in done], color="tab:blue", alpha=0.75)
-    for x, j in enumerate(done):
-        ax.text(x, j["metrics"][metric], f"{j['metrics'][metric]:.2f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(done)), labels, fontsize=8, rotation=20)
-    ax.set_ylabel(metric)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(4, 1.3 * len(done)) * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        values = [j["metrics"].get(metric) for j in done]
+        ax.bar(range(len(done)), [v or 0.0 for v in values], color="tab:blue", alpha=0.75)
+        for x, value in enumerate(values):
+            ax.text(x, value or 0.0, "-" if value is None else f"{value:.2f}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(done)), labels, fontsize=8, rotation=20)
+        ax.set_title(metric, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -94,7 +97,8 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path, help="the multirun folder (one numbered folder per job)")
     parser.add_argument("--metrics", nargs="*", default=DEFAULT_METRICS, help="metric keys of train_summary.json")
-    parser.add_argument("--out", type=Path, help="write <out>.md and <out>.png (the first metric)")
+    parser.add_argument("--out", type=Path, help="write <out>.md and <out>.png")
+    parser.add_argument("--plot-metrics", nargs="*", help="the metrics <out>.png shows, one panel each (default: the first)")
     args = parser.parse_args(argv)
     keys, jobs = read_sweep(args.sweep)
     text = f"Sweep: `{args.sweep}` ({len(jobs)} jobs, swept: {', '.join(keys) or 'nothing'})\n\n"
@@ -102,7 +106,7 @@ def main(argv=None) -> str:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".md").write_text(text)
-        plot(keys, jobs, args.metrics[0], args.out.with_suffix(".png"))
+        plot(keys, jobs, args.plot_metrics or args.metrics[:1], args.out.with_suffix(".png"))
     print(text, end="")
     return text
 
