@@ -106,6 +106,15 @@ def test_region_captioning_loss_equals_a_forward_with_the_roi_prefix_written_in_
 
 
 @pytest.mark.slow  # reads the region boxes of all 3,513 train images (~10 s) and trains 2 steps
+def test_a_box_in_the_cropped_off_strip_leaves_its_row_out(mmgem):
+    tall = Image.fromarray(np.zeros((80, 40, 3), dtype=np.uint8))  # 40 x 80: the crop keeps rows 20..60
+    rows = _rows() + [{"image": tall, "image_key": "t#box", "text": "a hat", "box": (0.0, 0.0, 40.0, 10.0)}]
+    contrastive = RegionTextInfoNCE().features(mmgem.featurizer, rows)
+    assert contrastive["valid"].tolist() == [True, True, True, False]
+    captioning = RegionCaptioning(instruction="<image>").features(mmgem.featurizer, rows)
+    assert captioning["input_ids"].shape[0] == 3 and captioning["region_boxes"].shape == (3, 4)
+
+
 def test_experiment_mmgem_regions_trains_on_region_rows_and_its_arms_drop_a_part(tiny_smol_llava_dir, tmp_path):
     from hydra.utils import instantiate
     from omegaconf import open_dict

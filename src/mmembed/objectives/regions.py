@@ -17,14 +17,26 @@ import torch
 from mmembed.models.mmgem import normalised_boxes, region_route
 from mmembed.objectives.base import ObjectiveOutput, StepContext
 from mmembed.objectives.captioning import Captioning
-from mmembed.objectives.image_text import ImageTextInfoNCE, placeholder_image
+from mmembed.objectives.image_text import ImageTextInfoNCE
 
 
-def row_boxes(featurizer, rows: Sequence[dict]) -> torch.Tensor:
-    """[B, 4] normalised boxes of the rows (NaN rows: whole images, and rows whose image did not open)."""
-    images = [row["image"] if row["image"] is not None else placeholder_image() for row in rows]
-    boxes = [row.get("box") if row["image"] is not None else None for row in rows]
-    return normalised_boxes(images, boxes, featurizer)
+def row_boxes(featurizer, rows: Sequence[dict]) -> tuple[torch.Tensor, list[bool]]:
+    """([B, 4] normalised boxes, usable) of the rows: NaN rows are whole images (and rows whose image did
+    not open); a box wholly in the part the processor crops away (a tall original's top strip) is not
+    usable: its row is masked out, never paired with the wrong pixels."""
+    from mmembed.errors import DataConfigError
+
+    nan = (float("nan"),) * 4
+    boxes, usable = [], []
+    for row in rows:
+        box = row.get("box") if row["image"] is not None else None
+        try:
+            boxes.append(nan if box is None else tuple(normalised_boxes([row["image"]], [box], featurizer)[0].tolist()))
+            usable.append(True)
+        except DataConfigError:
+            boxes.append(nan)
+            usable.append(False)
+    return torch.tensor(boxes, dtype=torch.float32), usable
 
 
 class RegionTextInfoNCE(ImageTextInfoNCE):
@@ -34,7 +46,9 @@ class RegionTextInfoNCE(ImageTextInfoNCE):
 
     def features(self, featurizer, rows: Sequence[dict]) -> dict:
         out = super().features(featurizer, rows)
-        out["images"] = {**out["images"], "region_boxes": row_boxes(featurizer, rows)}
+        boxes, usable = row_boxes(featurizer, rows)
+        out["images"] = {**out["images"], "region_boxes": boxes}
+        out["valid"] = out["valid"] & torch.tensor(usable)
         return out
 
 
@@ -44,8 +58,11 @@ class RegionCaptioning(Captioning):
     name = "region_captioning"
 
     def features(self, featurizer, rows: Sequence[dict]) -> dict:
-        out = super().features(featurizer, rows)  # rows whose image did not open are left out
-        return {**out, "region_boxes": row_boxes(featurizer, [row for row in rows if row["image"] is not None])}
+        opened = [row for row in rows if row["image"] is not None]
+        _, usable = row_boxes(featurizer, opened)
+        kept = [row for row, ok in zip(opened, usable) if ok] or opened[:0]
+        out = super().features(featurizer, kept)  # rows whose image did not open are left out too
+        return {**out, "region_boxes": row_boxes(featurizer, kept)[0]}
 
     def __call__(self, embedder, features: dict, ctx: StepContext) -> ObjectiveOutput:
         features = dict(features)
