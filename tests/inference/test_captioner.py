@@ -27,6 +27,23 @@ def _images(n: int) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(n)]
 
 
+def greedy_by_hand(embedder, image, steps: int) -> str:
+    """The reference decoder: argmax over the model's last-position logits, one token at a time."""
+    tokenizer, model = embedder.featurizer.tokenizer, embedder.model.eval()
+    inputs = embedder.featurizer.generation_inputs([image], "<image>")
+    ids, produced = inputs["input_ids"], []
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(input_ids=ids, pixel_values=inputs["pixel_values"],
+                           attention_mask=torch.ones_like(ids)).logits[:, -1]
+            token = int(logits.argmax(-1))
+            if token == tokenizer.eos_token_id:
+                break
+            produced.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return tokenizer.decode(produced, skip_special_tokens=True).strip()
+
+
 @pytest.fixture(scope="module")
 def mmgem(tiny_smol_llava_dir):
     return build_embedder(ModelSpec(name_or_path=str(tiny_smol_llava_dir), prompts=PROMPTS, extension=MMGEMExtension()))
@@ -35,20 +52,8 @@ def mmgem(tiny_smol_llava_dir):
 def test_greedy_captions_equal_an_argmax_loop_over_the_models_logits(mmgem):
     images, steps = _images(2), 6
     got = Captioner(mmgem, instruction="<image>", max_new_tokens=steps).caption(images, batch_size=2)
-    tokenizer, model = mmgem.featurizer.tokenizer, mmgem.model.eval()
     for image, caption in zip(images, got):
-        inputs = mmgem.featurizer.generation_inputs([image], "<image>")
-        ids, produced = inputs["input_ids"], []
-        with torch.no_grad():
-            for _ in range(steps):
-                logits = model(input_ids=ids, pixel_values=inputs["pixel_values"],
-                               attention_mask=torch.ones_like(ids)).logits[:, -1]
-                token = int(logits.argmax(-1))
-                if token == tokenizer.eos_token_id:
-                    break
-                produced.append(token)
-                ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
-        assert caption == tokenizer.decode(produced, skip_special_tokens=True).strip()
+        assert caption == greedy_by_hand(mmgem, image, steps)
     beams = Captioner(mmgem, instruction="<image>", max_new_tokens=steps, num_beams=3).caption(images)
     assert len(beams) == 2 and all(isinstance(c, str) for c in beams)
     with pytest.raises(ValueError, match="num_beams"):

@@ -17,6 +17,7 @@ from mmembed.models.mmgem import MMGEMExtension, normalised_boxes, region_route
 from mmembed.models.pool_aggregator import roi_align
 from mmembed.models.prompts import PromptConfig
 from mmembed.models.region_boxes import processed_box
+from tests.inference.test_captioner import greedy_by_hand
 
 PROMPTS = PromptConfig(text="<sent>", image="<image>", chat_template=False, suffix="[EMB]")
 
@@ -90,20 +91,9 @@ def test_region_embeddings_and_region_prefixes_equal_the_hand_computation(mmgem)
 def test_region_captions_equal_a_greedy_loop_over_the_region_prefixed_logits(mmgem):
     images, steps = _images(), 5
     got = Captioner(mmgem, instruction="<image>", max_new_tokens=steps).caption(images, batch_size=2, boxes=BOXES)
-    tokenizer, model = mmgem.featurizer.tokenizer, mmgem.model
     for i, (image, caption) in enumerate(zip(images, got)):
-        inputs = mmgem.featurizer.generation_inputs([image], "<image>")
-        ids, produced = inputs["input_ids"], []
-        with torch.no_grad(), region_route(mmgem.model.model, normalised_boxes([image], [BOXES[i]], mmgem.featurizer)):
-            for _ in range(steps):
-                logits = model(input_ids=ids, pixel_values=inputs["pixel_values"],
-                               attention_mask=torch.ones_like(ids)).logits[:, -1]
-                token = int(logits.argmax(-1))
-                if token == tokenizer.eos_token_id:
-                    break
-                produced.append(token)
-                ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
-        assert caption == tokenizer.decode(produced, skip_special_tokens=True).strip()
+        with region_route(mmgem.model.model, normalised_boxes([image], [BOXES[i]], mmgem.featurizer)):
+            assert caption == greedy_by_hand(mmgem, image, steps)
     beams = Captioner(mmgem, instruction="<image>", max_new_tokens=steps, num_beams=2).caption(images, boxes=BOXES)
     assert len(beams) == 2
     with pytest.raises(ValueError, match="one box per image"):

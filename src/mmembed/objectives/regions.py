@@ -59,10 +59,10 @@ class RegionCaptioning(Captioning):
 
     def features(self, featurizer, rows: Sequence[dict]) -> dict:
         opened = [row for row in rows if row["image"] is not None]
-        _, usable = row_boxes(featurizer, opened)
-        kept = [row for row, ok in zip(opened, usable) if ok] or opened[:0]
+        boxes, usable = row_boxes(featurizer, opened)
+        kept = [row for row, ok in zip(opened, usable) if ok]
         out = super().features(featurizer, kept)  # rows whose image did not open are left out too
-        return {**out, "region_boxes": row_boxes(featurizer, kept)[0]}
+        return {**out, "region_boxes": boxes[torch.tensor(usable, dtype=torch.bool)]}
 
     def __call__(self, embedder, features: dict, ctx: StepContext) -> ObjectiveOutput:
         features = dict(features)
