@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import lightning as L
 import psutil
 
 from mmembed.models.backbones import vision_modules
+from mmembed.models.lora import BASE_ADAPTER_DIR
 from mmembed.models.prompts import save_prompts
 
 
@@ -20,11 +22,15 @@ class AdapterSaver(L.Callback):
 
     These folders are what evaluation and `Embedder.from_pretrained(..., adapter=...)` load; the
     Lightning .ckpt files (also adapter-only) exist for resuming with optimizer state.
+
+    `base_adapter`: the saved adapter this run started from (merged into the base before the new LoRA):
+    each folder carries a copy of it, since the new adapter only means something on top of it.
     """
 
-    def __init__(self, dirpath: str, keep_every_validation: bool = True):
+    def __init__(self, dirpath: str, keep_every_validation: bool = True, base_adapter: str | None = None):
         self.dirpath = Path(dirpath)
         self.keep_every_validation = keep_every_validation
+        self.base_adapter = Path(base_adapter).resolve() if base_adapter else None
 
     def _save(self, pl_module: L.LightningModule, name: str) -> Path:
         target = self.dirpath / name
@@ -34,9 +40,9 @@ class AdapterSaver(L.Callback):
         tmp = self.dirpath / f".{name}.tmp"
         model.save_pretrained(str(tmp))
         save_prompts(pl_module.embedder.renderer.config, tmp)  # loaders render what training rendered
+        if self.base_adapter is not None:
+            shutil.copytree(self.base_adapter, tmp / BASE_ADAPTER_DIR, dirs_exist_ok=True)
         if target.exists():
-            import shutil
-
             shutil.rmtree(target)
         os.replace(tmp, target)  # a kill mid-save never leaves a half-written adapter under its final name
         return target
@@ -68,7 +74,6 @@ class BaseModelSaver(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        import shutil
 
         backbone = pl_module.embedder.backbone
         self.dirpath.parent.mkdir(parents=True, exist_ok=True)

@@ -51,8 +51,24 @@ def apply_lora(model: nn.Module, r: int = 64, alpha: int = 16, dropout: float = 
     return get_peft_model(model, config)
 
 
+# An adapter trained on top of another (`adapter=<stage 1>` at training, merged into the base first) is a
+# delta from base + that adapter, not from the base: its folder carries a copy of the one below it here,
+# so every loader rebuilds base + parent + adapter, and the folder stays valid when moved or shared.
+BASE_ADAPTER_DIR = "base_adapter"
+
+
+def adapter_chain(adapter_dir: str | Path) -> list[Path]:
+    """The adapter folders to apply, bottom first: the nested base adapters, then `adapter_dir` itself."""
+    chain = [Path(adapter_dir)]
+    while (chain[0] / BASE_ADAPTER_DIR / "adapter_config.json").is_file():
+        chain.insert(0, chain[0] / BASE_ADAPTER_DIR)
+    return chain
+
+
 def load_adapter(model: nn.Module, adapter_dir: str | Path, merge: bool = False, trainable: bool = False):
-    """Attach a saved adapter folder to `model`; with merge=True fold it in and return the plain model."""
+    """Attach a saved adapter folder to `model`; with merge=True fold it in and return the plain model.
+
+    The base adapters it was trained on top of (see BASE_ADAPTER_DIR) are merged in first."""
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
@@ -61,5 +77,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, merge: bool = False,
             f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json); pass the folder written by "
             "training, e.g. <run dir>/adapters/last"
         )
+    for parent in adapter_chain(adapter_dir)[:-1]:
+        model = PeftModel.from_pretrained(model, str(parent)).merge_and_unload()
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
     return peft_model.merge_and_unload() if merge else peft_model
