@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 STAMP := $(VENV)/.installed
 
-.PHONY: setup prepare train test test-fast lint tb eval results clean
+.PHONY: setup prepare train test test-fast lint tb eval results three-papers clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,11 @@ lint: setup
 # The local results table (untrained / trained / MiniLM); ADAPTER defaults to the newest training run.
 results: prepare
 	PY=$(BIN)/python bash experiments/local_results.sh $(ADAPTER)
+
+# The three papers side by side (experiments/three_papers.py): every recipe on the same base and suite,
+# e.g. `make three-papers ARGS="--steps 40 --mmeb-queries 200"` (about 80 min here).
+three-papers: prepare
+	$(BIN)/python experiments/three_papers.py $(ARGS)
 
 tb:
 	$(BIN)/tensorboard --logdir logs --port 6006

@@ -1,0 +1,279 @@
+"""The three papers side by side: one row per recipe, trained on the same base, judged by the same suite.
+
+    python experiments/three_papers.py                                  # every row, each recipe's own steps
+    python experiments/three_papers.py --steps 40                       # an equal step budget for every recipe
+    python experiments/three_papers.py --rows text_only image_text unime_stage1 unime_stage1_2 mmgem base   # + a row: the rest reused
+    python experiments/three_papers.py --set unime_stage1:trainer.max_steps=150   # one run's own override
+    python experiments/three_papers.py --table-only                     # re-tabulate finished runs
+
+Rows (same base model, conf/model's default unless an extra override changes it):
+    text_only       E5-V, LoRA on NLI text triplets only (the vision tower dropped)
+    image_text      E5-V's image-text arm: the same LoRA and loss on image <-> caption pairs
+    unime_stage1    UniME stage 1: textual knowledge distillation from the mpnet teacher
+    unime_stage1_2  UniME stage 1, then stage 2 (hard-negative instruction tuning on the mini-MMEB train
+                    files) started from stage 1's adapter; its wall time is both stages'
+    mmgem           MM-GEM joint (embedding + captioning): the only row that captions (CIDEr)
+    unime_stage2    (optional) UniME stage 2 alone, from the base
+    base            (optional) the untrained base, evaluated only
+
+Each training run is `src/train.py experiment=<recipe> eval@evaluation=three_papers[_captions]` in
+<out>/<run>; its console goes to <out>/<run>.console.log. A finished run (train_summary.json with its
+evaluation) is reused when its command is unchanged, so an interrupted table resumes where it stopped;
+a run whose command changed is refused (choose another --out or pass --force). The suite: STS12 / STS-B /
+SICK-R, the Flickr8k 1k test both ways and the local mini-MMEB (built first when it is missing).
+Writes <table>.md and <table>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STS = ("sts12", "stsb", "sickr")
+RETRIEVAL = "flickr8k_1k_test"
+IMAGE_ROW = ("model.vision_feature_cache=true",)  # the frozen tower's features computed once per image
+
+
+@dataclass(frozen=True)
+class Stage:
+    run: str  # folder name under --out (shared by rows that share the stage)
+    experiment: str | None  # None: evaluation only (src/eval.py)
+    overrides: tuple[str, ...] = ()
+    suite: str = "three_papers"
+    after: str | None = None  # a stage whose adapter this one starts from
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    paper: str
+    stages: tuple[Stage, ...]
+    captions: bool = False
+
+
+STAGE1 = Stage("unime_stage1", "unime_stage1")
+ROWS = {
+    "base": Row("untrained base", "-", (Stage("base", None),)),
+    "text_only": Row("E5-V text_only", "E5-V", (Stage("text_only", "text_only"),)),
+    "image_text": Row("E5-V image_text", "E5-V", (Stage("image_text", "image_text", IMAGE_ROW),)),
+    "unime_stage1": Row("UniME stage 1", "UniME", (STAGE1,)),
+    "unime_stage2": Row("UniME stage 2 only", "UniME", (Stage("unime_stage2", "unime_stage2", IMAGE_ROW),)),
+    "unime_stage1_2": Row("UniME stage 1 + 2", "UniME",
+                          (STAGE1, Stage("unime_stage1_2", "unime_stage2", IMAGE_ROW, after="unime_stage1"))),
+    "mmgem": Row("MM-GEM joint", "MM-GEM",
+                 (Stage("mmgem", "mmgem", IMAGE_ROW, suite="three_papers_captions"),), captions=True),
+}
+DEFAULT_ROWS = ["text_only", "image_text", "unime_stage1", "unime_stage1_2", "mmgem"]
+COLUMNS = [  # (header, metric key or a derived name)
+    ("STS avg", "sts_avg"), ("STS-B", "eval/stsb/spearman"),
+    ("t2i R@1", f"eval/{RETRIEVAL}/t2i_R@1"), ("t2i R@10", f"eval/{RETRIEVAL}/t2i_R@10"),
+    ("i2t R@1", f"eval/{RETRIEVAL}/i2t_R@1"), ("i2t R@10", f"eval/{RETRIEVAL}/i2t_R@10"),
+    ("mini-MMEB overall", "eval/mini_mmeb/overall"), ("CIDEr", "eval/flickr8k_1k_captions/CIDEr"),
+]
+
+
+class TableError(Exception):
+    """A user-facing problem (bad row name, a changed command in a reused folder): printed, exit 2."""
+
+
+def stage_command(stage: Stage, out: Path, steps: int | None, mmeb_queries: int | None, extra: list[str],
+                  per_run: dict[str, list[str]] | None = None) -> list[str]:
+    """The stage's src/train.py (or, evaluation only, src/eval.py) command line; `extra` then the stage's own
+    `per_run` overrides come last, so they win."""
+    run_dir = out / stage.run
+    args = [f"hydra.run.dir={run_dir}"]
+    if stage.experiment is None:
+        args += [f"eval={stage.suite}"]
+    else:
+        args += [f"experiment={stage.experiment}", f"eval@evaluation={stage.suite}", *stage.overrides]
+        if steps is not None:
+            args.append(f"trainer.max_steps={steps}")
+        if stage.after:
+            args.append(f"adapter={out / stage.after / 'adapters' / 'last'}")
+    if mmeb_queries is not None:
+        scope = "eval" if stage.experiment is None else "evaluation"
+        args.append(f"{scope}.benchmarks.mini_mmeb.max_queries={mmeb_queries}")
+    script = "eval.py" if stage.experiment is None else "train.py"
+    return [sys.executable, str(REPO / "src" / script), *args, *extra, *(per_run or {}).get(stage.run, [])]
+
+
+def parse_per_run(pairs: list[str], runs: set[str]) -> dict[str, list[str]]:
+    """`RUN:key=value` -> {RUN: [key=value, ...]} for runs this table has."""
+    per_run: dict[str, list[str]] = {}
+    for pair in pairs:
+        run, sep, override = pair.partition(":")
+        if not sep or "=" not in override:
+            raise TableError(f"--set {pair!r}: expected RUN:key=value, e.g. unime_stage1:trainer.max_steps=100")
+        if run not in runs:
+            raise TableError(f"--set {pair!r}: no run {run!r} in this table; its runs are {sorted(runs)}")
+        per_run.setdefault(run, []).append(override)
+    return per_run
+
+
+def stage_metrics(run_dir: Path, evaluation_only: bool) -> tuple[dict, dict] | None:
+    """(metrics as eval/<benchmark>/<metric>, cost) of a finished stage, else None."""
+    if evaluation_only:
+        results = run_dir / "results.json"
+        if not results.is_file():
+            return None
+        data = json.loads(results.read_text())
+        metrics = {f"eval/{name}/{k}": v for name, b in data["benchmarks"].items()
+                   for k, v in (b.get("metrics") or {}).items()}
+        return metrics, {"wall_time_s": 0.0, "steps": 0}
+    summary_file = run_dir / "train_summary.json"
+    if not summary_file.is_file():
+        return None
+    summary = json.loads(summary_file.read_text())
+    if "evaluation" not in summary:
+        return None  # trained, but the evaluation did not finish
+    cost = {"wall_time_s": summary.get("wall_time_s"), "steps": summary.get("global_step"),
+            "sec_per_step": (summary.get("cost") or {}).get("sec_per_step")}
+    return summary["evaluation"]["metrics"], cost
+
+
+def row_record(name: str, row: Row, out: Path) -> dict:
+    """The row's metrics (its last stage's evaluation) and its training cost (every stage summed)."""
+    finished = [stage_metrics(out / s.run, s.experiment is None) for s in row.stages]
+    record = {"row": name, "label": row.label, "paper": row.paper, "runs": [str(out / s.run) for s in row.stages],
+              "finished": all(f is not None for f in finished), "metrics": {}, "cost": {}}
+    if record["finished"]:
+        metrics = dict(finished[-1][0])
+        sts = [metrics.get(f"eval/{b}/spearman") for b in STS]
+        metrics["sts_avg"] = sum(sts) / len(sts) if None not in sts else None
+        record["metrics"] = metrics
+        trained = [f[1] for f, s in zip(finished, row.stages) if s.experiment is not None]
+        record["cost"] = {"wall_time_s": sum(c["wall_time_s"] or 0.0 for c in trained),
+                          "steps": "+".join(str(c["steps"]) for c in trained) or "0"}
+    return record
+
+
+def _cell(value, fmt="{:.2f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def build_table(records: list[dict]) -> str:
+    header = ["recipe", "paper", *(h for h, _ in COLUMNS), "train wall (min)", "steps"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in records:
+        if not r["finished"]:
+            cells = [r["label"], r["paper"], "not finished", *["-"] * (len(COLUMNS) + 1)]
+        else:
+            wall = r["cost"]["wall_time_s"]
+            cells = [r["label"], r["paper"], *(_cell(r["metrics"].get(key)) for _, key in COLUMNS),
+                     _cell(wall / 60 if wall else None, "{:.1f}"), r["cost"]["steps"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _run_stage(stage: Stage, command: list[str], out: Path, force: bool, position: str) -> bool:
+    run_dir = out / stage.run
+    record = run_dir / "three_papers_command.json"
+    shown = command[1:]  # without the interpreter path: a venv moved elsewhere reuses its runs
+    done = stage_metrics(run_dir, stage.experiment is None) is not None
+    if done and not force:
+        previous = json.loads(record.read_text()) if record.is_file() else None
+        if previous != shown:
+            raise TableError(f"{run_dir} holds a finished run of another command; pass --force to replace it, "
+                             f"or choose another --out.\n  then: {previous}\n  now:  {shown}")
+        print(f"{position} {stage.run}: finished before, reused ({run_dir})", flush=True)
+        return True
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(shown, indent=1))
+    log = out / f"{stage.run}.console.log"
+    print(f"{position} {stage.run}: {'evaluating' if stage.experiment is None else 'training + evaluating'} "
+          f"(console: {log})", flush=True)
+    started = time.perf_counter()
+    with log.open("w") as sink:
+        code = subprocess.call(command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
+    minutes = (time.perf_counter() - started) / 60
+    if code != 0 or stage_metrics(run_dir, stage.experiment is None) is None:
+        tail = log.read_text(errors="replace")[-1500:]
+        print(f"{position} {stage.run}: FAILED after {minutes:.1f} min (exit {code}); the end of {log}:\n{tail}",
+              file=sys.stderr, flush=True)
+        return False
+    print(f"{position} {stage.run}: done in {minutes:.1f} min", flush=True)
+    return True
+
+
+def ensure_mini_mmeb(cache_dir: Path, data_root: Path) -> None:
+    sys.path.insert(0, str(REPO / "src"))  # a checkout without `pip install -e .`
+    from mmembed.data.mini_mmeb import VERSION, build_mini_mmeb
+
+    target = cache_dir / VERSION
+    if not (target / "counts.json").is_file():
+        print(f"building the mini-MMEB into {target} (once per machine)", flush=True)
+        build_mini_mmeb(data_root, target)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="Arguments after `--` go to every src/train.py / src/eval.py run.")
+    parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, help=f"of {list(ROWS)}")
+    parser.add_argument("--steps", type=int, help="trainer.max_steps for every recipe (default: each recipe's own)")
+    parser.add_argument("--mmeb-queries", type=int, help="each mini-MMEB dataset's first N queries (a timed subset)")
+    parser.add_argument("--out", type=Path, default=REPO / "logs" / "three_papers", help="the runs' folder")
+    parser.add_argument("--table", type=Path, default=REPO / "experiments" / "results" / "three_papers",
+                        help="writes <table>.md and <table>.json")
+    parser.add_argument("--set", nargs="+", default=[], metavar="RUN:key=value",
+                        help="an override for one run only, e.g. unime_stage1:trainer.max_steps=150")
+    parser.add_argument("--force", action="store_true", help="rerun stages that finished before")
+    parser.add_argument("--table-only", action="store_true", help="tabulate what is finished; train nothing")
+    parser.add_argument("extra", nargs="*", help="Hydra overrides for every run (after --)")
+    args = parser.parse_args(argv)
+    try:
+        return _main(args)
+    except TableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        raise TableError(f"unknown row(s) {unknown}; the rows are {list(ROWS)}")
+    if args.steps is not None and args.steps < 1:
+        raise TableError(f"--steps must be >= 1, got {args.steps}")
+    out = args.out.resolve()
+    rows = [(name, ROWS[name]) for name in dict.fromkeys(args.rows)]
+    failed: set[str] = set()
+    if not args.table_only:
+        env_cache = os.environ.get("MMEMBED_CACHE", str(Path.home() / ".cache" / "mmembed"))
+        data_root = os.environ.get("MMEMBED_DATA", str(REPO.parent / "shared" / "data"))
+        ensure_mini_mmeb(Path(env_cache), Path(data_root))
+        out.mkdir(parents=True, exist_ok=True)
+        stages = list(dict.fromkeys(s for _, row in rows for s in row.stages))
+        per_run = parse_per_run(args.set, {s.run for s in stages})
+        for i, stage in enumerate(stages, 1):
+            position = f"[{i}/{len(stages)}]"
+            if stage.after in failed:
+                print(f"{position} {stage.run}: skipped, {stage.after} failed", file=sys.stderr, flush=True)
+                failed.add(stage.run)
+                continue
+            command = stage_command(stage, out, args.steps, args.mmeb_queries, args.extra, per_run)
+            if not _run_stage(stage, command, out, args.force, position):
+                failed.add(stage.run)
+    records = [row_record(name, row, out) for name, row in rows]
+    text = (f"Runs: `{out}`; the suite: STS12 / STS-B / SICK-R (Spearman x100; STS avg = their mean), "
+            f"Flickr8k 1k test (1,000 images x 5,000 captions) Recall, mini-MMEB hit@1 overall"
+            f"{f' (first {args.mmeb_queries} queries per dataset)' if args.mmeb_queries else ''}, "
+            f"CIDEr x100 of greedy captions of the same 1,000 images (recipes that caption).\n\n")
+    text += build_table(records)
+    args.table.parent.mkdir(parents=True, exist_ok=True)
+    args.table.with_suffix(".md").write_text(text)
+    args.table.with_suffix(".json").write_text(json.dumps(records, indent=1))
+    print(text, end="")
+    if failed:
+        print(f"failed: {sorted(failed)} (their console logs are under {out})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""experiments/three_papers.py: the recipes' command lines (stage 2 from stage 1's adapter), the table's
+derived cells, resuming and its refusals, and one end-to-end table on the tiny model."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def tp():
+    spec = importlib.util.spec_from_file_location("three_papers", REPO / "experiments" / "three_papers.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["three_papers"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stage_two_starts_from_stage_one_and_every_run_gets_the_suite_and_budget(tp, tmp_path):
+    stage1, stage2 = tp.ROWS["unime_stage1_2"].stages
+    assert stage1 is tp.ROWS["unime_stage1"].stages[0]  # one stage-1 run serves both rows
+    cmd = tp.stage_command(stage2, tmp_path, 40, 50, ["seed=3"], {"unime_stage1_2": ["lora.r=8"]})
+    assert cmd[:2] == [sys.executable, str(REPO / "src" / "train.py")]
+    assert cmd[2:] == [f"hydra.run.dir={tmp_path / 'unime_stage1_2'}", "experiment=unime_stage2",
+                       "eval@evaluation=three_papers", "model.vision_feature_cache=true", "trainer.max_steps=40",
+                       f"adapter={tmp_path / 'unime_stage1' / 'adapters' / 'last'}",
+                       "evaluation.benchmarks.mini_mmeb.max_queries=50", "seed=3", "lora.r=8"]
+    # Only MM-GEM captions; text-only recipes do not get the vision-feature cache; no budget: the recipe's own.
+    assert "eval@evaluation=three_papers_captions" in tp.stage_command(tp.ROWS["mmgem"].stages[0], tmp_path, None, None, [])
+    text_only = tp.stage_command(tp.ROWS["text_only"].stages[0], tmp_path, None, None, [])
+    assert text_only[2:] == [f"hydra.run.dir={tmp_path / 'text_only'}", "experiment=text_only",
+                             "eval@evaluation=three_papers"]
+    base = tp.stage_command(tp.ROWS["base"].stages[0], tmp_path, 40, 7, [])
+    assert base[1].endswith("eval.py") and base[2:] == [f"hydra.run.dir={tmp_path / 'base'}", "eval=three_papers",
+                                                         "eval.benchmarks.mini_mmeb.max_queries=7"]
+
+
+def _summary(folder: Path, wall: float, steps: int, metrics: dict | None) -> None:
+    folder.mkdir(parents=True)
+    summary = {"wall_time_s": wall, "global_step": steps, "cost": {"sec_per_step": wall / steps}}
+    if metrics is not None:
+        summary["evaluation"] = {"metrics": metrics}
+    (folder / "train_summary.json").write_text(json.dumps(summary))
+
+
+def test_row_cells_sts_mean_summed_wall_time_and_unfinished_rows(tp, tmp_path):
+    stage1 = {"eval/sts12/spearman": 60.0, "eval/stsb/spearman": 70.0, "eval/sickr/spearman": 65.0}
+    stage2 = {"eval/sts12/spearman": 61.0, "eval/stsb/spearman": 72.0, "eval/sickr/spearman": 68.5,
+              "eval/flickr8k_1k_test/t2i_R@1": 1.5, "eval/flickr8k_1k_test/t2i_R@10": 9.25,
+              "eval/flickr8k_1k_test/i2t_R@1": 2.0, "eval/flickr8k_1k_test/i2t_R@10": 11.0,
+              "eval/mini_mmeb/overall": 30.125}
+    _summary(tmp_path / "unime_stage1", 600.0, 40, stage1)
+    _summary(tmp_path / "unime_stage1_2", 300.0, 20, stage2)
+    _summary(tmp_path / "mmgem", 120.0, 10, None)  # trained; its evaluation never finished
+    records = [tp.row_record(n, tp.ROWS[n], tmp_path) for n in ("unime_stage1", "unime_stage1_2", "mmgem")]
+    assert records[0]["metrics"]["sts_avg"] == pytest.approx(65.0)
+    assert records[1]["metrics"]["sts_avg"] == pytest.approx((61.0 + 72.0 + 68.5) / 3)
+    assert records[1]["cost"] == {"wall_time_s": 900.0, "steps": "40+20"}  # both stages' training
+    assert not records[2]["finished"]
+    lines = tp.build_table(records).splitlines()
+    assert lines[0] == ("| recipe | paper | STS avg | STS-B | t2i R@1 | t2i R@10 | i2t R@1 | i2t R@10 | "
+                        "mini-MMEB overall | CIDEr | train wall (min) | steps |")
+    assert lines[3] == "| UniME stage 1 + 2 | UniME | 67.17 | 72.00 | 1.50 | 9.25 | 2.00 | 11.00 | 30.12 | - | 15.0 | 40+20 |"
+    assert lines[4].startswith("| MM-GEM joint | MM-GEM | not finished | -")
+
+
+def test_a_changed_command_in_a_finished_folder_is_refused_and_bad_arguments_exit_2(tp, tmp_path, capsys):
+    stage = tp.ROWS["text_only"].stages[0]
+    _summary(tmp_path / "text_only", 60.0, 2, {"eval/stsb/spearman": 50.0})
+    (tmp_path / "text_only" / "three_papers_command.json").write_text(json.dumps(["train.py", "trainer.max_steps=2"]))
+    with pytest.raises(tp.TableError, match="holds a finished run of another command"):
+        tp._run_stage(stage, [sys.executable, "train.py", "trainer.max_steps=40"], tmp_path, False, "[1/1]")
+    # the same command: reused, nothing run (python would fail on a train.py that does not exist here)
+    assert tp._run_stage(stage, [sys.executable, "train.py", "trainer.max_steps=2"], tmp_path, False, "[1/1]")
+    assert "finished before, reused" in capsys.readouterr().out
+    assert tp.main(["--rows", "text_only", "e5v", "--table-only"]) == 2
+    assert "unknown row(s) ['e5v']" in capsys.readouterr().err
+    assert tp.main(["--rows", "text_only", "--set", "mmgem:seed=1", "--out", str(tmp_path),
+                    "--table", str(tmp_path / "t")]) == 2
+    assert "no run 'mmgem' in this table" in capsys.readouterr().err
+
+
+def test_a_failed_stage_one_skips_stage_two_and_the_table_says_not_finished(tp, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tp, "ensure_mini_mmeb", lambda *a: None)
+    code = tp.main(["--rows", "unime_stage1_2", "--out", str(tmp_path / "runs"), "--table", str(tmp_path / "table"),
+                    "--", "no_such_key_anywhere=1"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "unime_stage1: FAILED" in err and "unime_stage1_2: skipped, unime_stage1 failed" in err
+    assert "| UniME stage 1 + 2 | UniME | not finished |" in (tmp_path / "table.md").read_text()
+
+
+TRIPLETS = [("A man plays a guitar.", "A man makes music.", "A woman sleeps."),
+            ("Two dogs run in snow.", "Animals are outside.", "Two cats nap."),
+            ("A child eats ice cream.", "A kid has dessert.", "A child cries."),
+            ("A woman rides a bike.", "A person cycles.", "A woman drives."),
+            ("People wait for a train.", "A crowd at a station.", "The station is empty."),
+            ("A chef chops onions.", "Someone cooks.", "A chef swims."),
+            ("An old man reads.", "A man is reading.", "An old man runs."),
+            ("Kids play football.", "Children play a sport.", "Kids are asleep.")]
+
+
+@pytest.mark.slow
+def test_the_table_trains_stage_one_then_stage_two_from_its_adapter_and_tabulates(tp, tiny_smol_llava_dir, tmp_path):
+    """Rows text_only and unime_stage1_2 on the tiny model, 2 steps each, a small suite: four real runs."""
+    from mmembed.data.mini_mmeb import VERSION, build_mini_mmeb
+
+    cache = tmp_path / "cache"
+    build_mini_mmeb(SHARED, cache / VERSION, limit=4)
+    triplets = tmp_path / "triplets.csv"
+    with open(triplets, "w", newline="") as f:
+        csv.writer(f).writerows([("sent0", "sent1", "hard_neg"), *TRIPLETS])
+    small = ["evaluation.benchmarks.flickr8k_1k_test.max_images=6", "~evaluation.benchmarks.sts12",
+             "~evaluation.benchmarks.sickr", "evaluation.benchmarks.stsb.split=dev", "evaluation.progress=false",
+             f"model.name_or_path={tiny_smol_llava_dir}", "data.batch_size=4", "data.val_sts_dir=null",
+             "validate_before_training=false", "~logger", f"paths.cache_dir={cache}"]
+    text_data = [f"data.train_files=[{triplets}]"]
+    env = {"MMEMBED_CACHE": str(cache)}
+    os.environ.update(env)
+    try:
+        code = tp.main(["--rows", "text_only", "unime_stage1_2", "--steps", "2", "--mmeb-queries", "3",
+                        "--out", str(tmp_path / "runs"), "--table", str(tmp_path / "table"),
+                        "--set", *(f"text_only:{o}" for o in text_data), *(f"unime_stage1:{o}" for o in text_data),
+                        "unime_stage1:objective.teacher=all-MiniLM-L6-v2", "unime_stage1_2:objective.k=2",
+                        "--", *small])
+    finally:
+        os.environ.pop("MMEMBED_CACHE")
+    runs = tmp_path / "runs"
+    assert code == 0, "\n".join(p.read_text()[-3000:] for p in runs.glob("*.console.log"))
+    stage2_cmd = json.loads((runs / "unime_stage1_2" / "three_papers_command.json").read_text())
+    assert f"adapter={runs / 'unime_stage1' / 'adapters' / 'last'}" in stage2_cmd
+    assert (runs / "unime_stage1" / "adapters" / "last" / "adapter_config.json").is_file()
+    # stage 2's adapter is a delta from base + stage 1: it carries stage 1's, which evaluation loads first
+    stage1_weights = (runs / "unime_stage1" / "adapters" / "last" / "adapter_model.safetensors").read_bytes()
+    carried = runs / "unime_stage1_2" / "adapters" / "last" / "base_adapter" / "adapter_model.safetensors"
+    assert carried.read_bytes() == stage1_weights
+    records = {r["row"]: r for r in json.loads((tmp_path / "table.json").read_text())}
+    assert records["unime_stage1_2"]["cost"]["steps"] == "2+2"
+    summaries = [json.loads((runs / r / "train_summary.json").read_text()) for r in ("unime_stage1", "unime_stage1_2")]
+    assert records["unime_stage1_2"]["cost"]["wall_time_s"] == pytest.approx(sum(s["wall_time_s"] for s in summaries))
+    assert summaries[1]["objective"] == "HardNegativeNCE" and summaries[0]["objective"] == "RelationalDistillation"
+    metrics = records["unime_stage1_2"]["metrics"]
+    assert metrics == summaries[1]["evaluation"]["metrics"] | {"sts_avg": None}  # sts12 / sickr were dropped
+    assert {"eval/mini_mmeb/overall", "eval/flickr8k_1k_test/t2i_R@10", "eval/stsb/spearman"} <= set(metrics)
+    table = (tmp_path / "table.md").read_text()
+    assert "| E5-V text_only | E5-V | - |" in table and "| UniME stage 1 + 2 | UniME | - |" in table
