@@ -28,3 +28,16 @@ def test_images_become_their_top3_class_names_and_are_embedded_as_that_text(labe
     assert torch.allclose(label_text.encode_image(images), label_text.encode_text(texts), atol=1e-6)
     with pytest.raises(ValueError, match="plain images only"):
         label_text.encode_image(images, kind="cir_query")
+
+
+def test_the_llm_variant_embeds_the_same_label_texts_with_the_llm_text_path(tiny_smol_llava_dir, data_root):
+    from mmembed.inference import Embedder
+    from mmembed.models.label_text import LLMLabelTextEmbedder, TowerLabeller
+
+    model = LLMLabelTextEmbedder(model=str(tiny_smol_llava_dir), dtype="float32", data_root=str(data_root))
+    images = [load_image(data_root / "imagenet_sample" / "images" / name) for name in CLASSES]
+    texts = model.label_texts(images)
+    assert texts == TowerLabeller(data_root=str(data_root))(images)
+    llm = Embedder.from_pretrained(str(tiny_smol_llava_dir), dtype="float32", text_only=True)
+    assert torch.allclose(model.encode_image(images), llm.encode_text(texts), atol=1e-5)
+    assert not hasattr(model, "encode")  # the evaluation runner calls encode_text / encode_image on it
