@@ -78,6 +78,11 @@ COLUMNS = [  # (header, metric key or a derived name)
     ("mini-MMEB overall", "eval/mini_mmeb/overall"), ("CIDEr", "eval/flickr8k_1k_captions/CIDEr"),
 ]
 
+# The mini-MMEB breakdown, as MMEB reports it: per meta-task, in-distribution / out-of-distribution, overall.
+MMEB_COLUMNS = [(h, f"eval/mini_mmeb/{key}") for h, key in (
+    ("classification", "classification"), ("VQA", "vqa"), ("retrieval", "retrieval"), ("grounding", "grounding"),
+    ("IND", "IND"), ("OOD", "OOD"), ("overall", "overall"))]
+
 
 class TableError(Exception):
     """A user-facing problem (bad row name, a changed command in a reused folder): printed, exit 2."""
@@ -156,6 +161,16 @@ def row_record(name: str, row: Row, out: Path) -> dict:
 
 def _cell(value, fmt="{:.2f}") -> str:
     return "-" if value is None else fmt.format(value)
+
+
+def build_mmeb_table(records: list[dict]) -> str:
+    """mini-MMEB hit@1 per meta-task, IND / OOD and overall, one row per finished recipe."""
+    header = ["recipe", *(h for h, _ in MMEB_COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in records:
+        if r["finished"]:
+            lines.append("| " + " | ".join([r["label"], *(_cell(r["metrics"].get(k)) for _, k in MMEB_COLUMNS)]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def build_table(records: list[dict]) -> str:
@@ -265,6 +280,7 @@ def _main(args) -> int:
             f"{f' (first {args.mmeb_queries} queries per dataset)' if args.mmeb_queries else ''}, "
             f"CIDEr x100 of greedy captions of the same 1,000 images (recipes that caption).\n\n")
     text += build_table(records)
+    text += "\nmini-MMEB hit@1 by meta-task (MMEB's grouping; chance differs per dataset):\n\n" + build_mmeb_table(records)
     args.table.parent.mkdir(parents=True, exist_ok=True)
     args.table.with_suffix(".md").write_text(text)
     args.table.with_suffix(".json").write_text(json.dumps(records, indent=1))

@@ -71,6 +71,11 @@ def test_row_cells_sts_mean_summed_wall_time_and_unfinished_rows(tp, tmp_path):
                         "mini-MMEB overall | CIDEr | train wall (min) | steps |")
     assert lines[3] == "| UniME stage 1 + 2 | UniME | 67.17 | 72.00 | 1.50 | 9.25 | 2.00 | 11.00 | 30.12 | - | 15.0 | 40+20 |"
     assert lines[4].startswith("| MM-GEM joint | MM-GEM | not finished | -")
+    mmeb = tp.build_mmeb_table(records).splitlines()
+    assert mmeb[0] == "| recipe | classification | VQA | retrieval | grounding | IND | OOD | overall |"
+    assert mmeb[2] == "| UniME stage 1 | - | - | - | - | - | - | - |"
+    assert mmeb[3] == "| UniME stage 1 + 2 | - | - | - | - | - | - | 30.12 |"
+    assert len(mmeb) == 4  # the unfinished row has no breakdown
 
 
 def test_a_changed_command_in_a_finished_folder_is_refused_and_bad_arguments_exit_2(tp, tmp_path, capsys):
