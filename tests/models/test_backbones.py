@@ -218,3 +218,20 @@ def test_qwen2_vl_processor_loads_without_torchvision(tiny_dirs):
     # 56x56 px -> 4x4 patches of 14 px -> merged 2x2 -> 4 image tokens.
     assert int((inputs["input_ids"] == pad_id).sum()) == 4
     assert inputs["image_grid_thw"].tolist() == [[1, 4, 4]]
+
+
+def test_default_with_a_projector_suffix_names_that_recipe_s_folder(tmp_path):
+    from mmembed.errors import ConfigError
+    from mmembed.models.backbones import resolve_name_or_path
+    from mmembed.models.default_model import MARKER, RECIPES
+
+    for recipe in RECIPES.values():  # prepared folders (marker + config) are used as they are, not rebuilt
+        (tmp_path / recipe).mkdir()
+        (tmp_path / recipe / MARKER).write_text("{}")
+        (tmp_path / recipe / "config.json").write_text("{}")
+    assert resolve_name_or_path("default:label_words", str(tmp_path)) == str(tmp_path / "smol_llava-v3-label-words")
+    assert resolve_name_or_path("default:mlp", str(tmp_path)) == str(tmp_path / "smol_llava-v1")
+    assert resolve_name_or_path("default", str(tmp_path)) == str(tmp_path / "smol_llava-v2")
+    assert resolve_name_or_path("default_model_copy", str(tmp_path)) == "default_model_copy"
+    with pytest.raises(ConfigError, match="projector_type='conv'"):
+        resolve_name_or_path("default:conv", str(tmp_path))

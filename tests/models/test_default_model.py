@@ -116,3 +116,38 @@ def test_text_embeddings_are_bit_identical_to_the_mlp_default(default_backbone, 
         if name == "embed_tokens.weight":
             a, b = torch.cat([a[:image_row], a[image_row + 1:]]), torch.cat([b[:image_row], b[image_row + 1:]])
         assert torch.equal(a, b), name
+
+
+# ---- recipe smol_llava-v3-label-words: the tower's top-3 class names as the LLM's own words ----
+def test_label_word_recipe_writes_each_image_as_its_tower_labels_and_embeds_it_as_that_text(data_root):
+    """The real build: an image's tokens are exactly "a photo of X, Y, Z" with the packaged head's top-3
+    names (the label-text baseline's text), and its embedding equals that text's in the image prompt."""
+    from PIL import Image
+
+    from mmembed.inference import Embedder
+    from mmembed.models.default_model import ensure_default_model
+    from mmembed.models.label_text import TowerLabeller
+
+    folder = ensure_default_model(projector_type="label_words")
+    assert folder.name == "smol_llava-v3-label-words"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["projector_type"] == "label_words" and config["label_top_k"] == 3
+    embedder = Embedder.from_pretrained(str(folder), dtype="float32")
+    rows = [line.rstrip("\n").split("\t") for line in (data_root / "imagenet_sample" / "classes.tsv").open()][1:]
+    images = [Image.open(data_root / "imagenet_sample" / "images" / r[3]).convert("RGB") for r in rows[::250]]
+    body, inner = embedder.backbone.body, embedder.embedder
+    inputs = inner.featurize_images(images)
+    assert int((inputs["input_ids"][0] == config["image_token_id"]).sum()) == config["image_seq_length"]
+    with torch.no_grad():
+        maps = body.get_vision_features(inputs["pixel_values"]).flatten(2).transpose(1, 2)
+        ids, valid = body.multi_modal_projector.label_ids(maps)
+    tokenizer = embedder.backbone.tokenizer
+    written = [tokenizer.decode(row[keep]) for row, keep in zip(ids, valid)]
+    assert written == TowerLabeller(top_k=3)(images)
+    prompt = embedder.rendered_prompts()["image"]
+    texts = tokenizer([prompt.replace("<image>", w) for w in written], add_special_tokens=False,
+                      padding=True, return_tensors="pt")
+    with torch.no_grad():
+        from_images = embedder.encode_image(images)
+        from_text = inner(input_ids=texts["input_ids"], attention_mask=texts["attention_mask"])
+    assert torch.allclose(from_images, from_text, atol=1e-4)

@@ -71,11 +71,13 @@ def _read_model_type(path: Path) -> str | None:
 
 
 def resolve_name_or_path(name_or_path: str, cache_dir: str | None = None) -> str:
-    """Map "default" to the prepared offline model folder (building it once); leave others alone."""
-    if name_or_path == DEFAULT_MODEL:
-        from mmembed.models.default_model import ensure_default_model
+    """Map "default" to the prepared offline model folder (building it once), "default:<projector>" to that
+    projector recipe's folder (e.g. "default:label_words", "default:mlp"); leave others alone."""
+    if name_or_path == DEFAULT_MODEL or name_or_path.startswith(DEFAULT_MODEL + ":"):
+        from mmembed.models.default_model import DEFAULT_PROJECTOR, ensure_default_model
 
-        return str(ensure_default_model(cache_dir))
+        projector = name_or_path.partition(":")[2] or DEFAULT_PROJECTOR
+        return str(ensure_default_model(cache_dir, projector_type=projector))
     return name_or_path
 
 

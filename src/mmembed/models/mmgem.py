@@ -122,6 +122,9 @@ class MMGEMExtension:
             # "default" feature selection): size // g as the patch gives exactly g*g, matching the prefix.
             size = _image_side(processor.image_processor)
             processor.patch_size = size // self.grid
+            if getattr(processor, "vision_feature_select_strategy", None) == "full":
+                # no CLS token to count: a label-word base writes its span as 1 patch + extra tokens
+                processor.num_additional_image_tokens = 0
         cls = MMGEMFeaturizer if self.image_embedding == "h1" else Featurizer
         out = copy.copy(featurizer)
         out.__class__ = cls

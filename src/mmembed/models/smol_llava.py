@@ -2,8 +2,10 @@
 
 Vision: EfficientNet-Lite0 (7x7x1280 feature map at 224 px = 49 image tokens); projector
 (`projector_type`): "mlp", a two-layer GELU MLP into the LLM's hidden size (folders without the field),
-or "grounded", the tower's ImageNet head reading each token as a mixture of the LLM's own embeddings
-of the class names (grounded_projector.py); LLM: any transformers decoder (SmolLM2-135M).
+"grounded", the tower's ImageNet head reading each token as a mixture of the LLM's own embeddings
+of the class names (grounded_projector.py), or "label_words", the head's top-k class names written as
+the LLM's own word tokens, with masked holes for the unused span (label_word_projector.py);
+LLM: any transformers decoder (SmolLM2-135M).
 Precomputed tower outputs (`vision_features=`, e.g. from vision_feature_cache.py) replace `pixel_values`.
 It mirrors `LlavaForConditionalGeneration`'s layout (`model.vision_tower`,
 `model.multi_modal_projector`, `model.language_model`, `lm_head`) so every code path
@@ -26,8 +28,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from mmembed.errors import ConfigError
 from mmembed.models.efficientnet_lite import HEAD_CHANNELS, EfficientNetLite0
 from mmembed.models.grounded_projector import GroundedProjector
+from mmembed.models.label_word_projector import LabelWordProjector
 
-PROJECTOR_TYPES = ("mlp", "grounded")
+PROJECTOR_TYPES = ("mlp", "grounded", "label_words")
 
 
 @strict
@@ -49,9 +52,10 @@ class SmolLlavaConfig(PreTrainedConfig):
     projector_hidden_act: str = "gelu"
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
-    # "mlp" | "grounded"; the "mlp" default keeps folders written before the field existed loadable.
+    # "mlp" | "grounded" | "label_words"; the "mlp" default keeps folders written before the field existed loadable.
     projector_type: str = "mlp"
     # The grounded projector's settings (see grounded_projector.GroundedProjector); unused by "mlp".
+    # grounded_num_classes is also the label-word projector's class count.
     grounded_num_classes: int = 1000
     grounded_top_k: int = 5
     grounded_temperature: float = 1.0
@@ -60,6 +64,14 @@ class SmolLlavaConfig(PreTrainedConfig):
     grounded_renormalize: bool = False
     grounded_mlp_weight: float = 1.0
     grounded_learn_mlp_weight: bool = True
+    # The label-word projector's settings (label_word_projector.LabelWordProjector): names per image, the
+    # template their text follows (a record: its token ids are saved with the weights), and the sizes of
+    # the saved token-id tables. image_seq_length is the span that holds the longest label text.
+    label_top_k: int = 3
+    label_template: str = "a photo of {}"
+    label_max_name_tokens: int = 1
+    label_prefix_length: int = 0
+    label_separator_length: int = 1
 
 
 class SmolLlavaProjector(nn.Module):
@@ -80,6 +92,12 @@ def build_projector(config: SmolLlavaConfig) -> nn.Module:
     mlp = SmolLlavaProjector(config.vision_hidden_size, config.text_config.hidden_size)
     if config.projector_type == "mlp":
         return mlp
+    if config.projector_type == "label_words":
+        return LabelWordProjector(
+            config.vision_hidden_size, config.grounded_num_classes, seq_length=config.image_seq_length,
+            max_name_tokens=config.label_max_name_tokens, top_k=config.label_top_k,
+            prefix_length=config.label_prefix_length, separator_length=config.label_separator_length, mlp=mlp,
+        )
     if config.projector_type != "grounded":
         raise ConfigError(f"projector_type={config.projector_type!r} in the model config: expected one of {PROJECTOR_TYPES}")
     return GroundedProjector(
@@ -112,6 +130,11 @@ class SmolLlavaPreTrainedModel(PreTrainedModel):
             if module.mlp is not None:
                 init.zeros_(module.mlp.linear_2.weight)
                 init.zeros_(module.mlp.linear_2.bias)
+        if isinstance(module, LabelWordProjector):  # the words alone until alignment trains the learned path
+            init.constant_(module.mlp_weight, 1.0)
+            if module.mlp is not None:
+                init.zeros_(module.mlp.linear_2.weight)
+                init.zeros_(module.mlp.linear_2.bias)
 
 
 class SmolLlavaModel(SmolLlavaPreTrainedModel):
@@ -140,7 +163,14 @@ class SmolLlavaModel(SmolLlavaPreTrainedModel):
     def get_image_features(
         self, pixel_values: torch.Tensor | None = None, vision_features: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Pixels [B, 3, H, W] or the tower's feature map [B, C, h, w] -> [B, h*w, hidden] projected image tokens."""
+        """Pixels [B, 3, H, W] or the tower's feature map [B, C, h, w] -> [B, image_seq_length, hidden] image tokens."""
+        return self.project_images(pixel_values, vision_features)[0]
+
+    def project_images(
+        self, pixel_values: torch.Tensor | None = None, vision_features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(image tokens, valid [B, image_seq_length] or None): valid is False at the label-word projector's
+        holes, the span positions its label text does not fill; None when every position is a token."""
         if (pixel_values is None) == (vision_features is None):
             raise ValueError("pass exactly one of pixel_values or vision_features")
         if self.multi_modal_projector is None:
@@ -155,7 +185,17 @@ class SmolLlavaModel(SmolLlavaPreTrainedModel):
             # adaptive pooling is exact averaging over (overlapping, for 7 -> 3) windows of the map
             vision_features = F.adaptive_avg_pool2d(vision_features, self.config.image_grid)
         tokens = vision_features.flatten(2).transpose(1, 2)
-        return self.multi_modal_projector(tokens)
+        if isinstance(self.multi_modal_projector, LabelWordProjector):
+            return self.multi_modal_projector(tokens, self.get_input_embeddings())
+        return self.multi_modal_projector(tokens), None
+
+    def image_holes(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                    vision_features: torch.Tensor | None = None) -> torch.Tensor | None:
+        """[B, T] True where a placeholder token is a hole (see project_images), or None without holes."""
+        if not isinstance(self.multi_modal_projector, LabelWordProjector):
+            return None
+        _, valid = self.project_images(pixel_values, vision_features)
+        return _holes(input_ids, self.config.image_token_id, valid)
 
     def _projector_dtype(self) -> torch.dtype:
         return next(self.multi_modal_projector.parameters()).dtype
@@ -179,7 +219,8 @@ class SmolLlavaModel(SmolLlavaPreTrainedModel):
         if pixel_values is not None or vision_features is not None:
             if input_ids is None:
                 raise ValueError("images need input_ids to locate their placeholder tokens")
-            image_features = self.get_image_features(pixel_values, vision_features).to(inputs_embeds.dtype)
+            image_features, valid = self.project_images(pixel_values, vision_features)
+            image_features = image_features.to(inputs_embeds.dtype)
             mask = input_ids == self.config.image_token_id
             if int(mask.sum()) != image_features.shape[0] * image_features.shape[1]:
                 raise ValueError(
@@ -187,6 +228,9 @@ class SmolLlavaModel(SmolLlavaPreTrainedModel):
                     f"{image_features.shape[1]} tokens each; render prompts with the processor"
                 )
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), image_features.reshape(-1, inputs_embeds.shape[-1]))
+            if valid is not None:
+                attention_mask, position_ids = _without_holes(
+                    _holes(input_ids, self.config.image_token_id, valid), attention_mask, position_ids)
         # transformers 5.x renamed the decoder's `past_key_values` argument to `cache` (the old name warns).
         cache = cache if cache is not None else past_key_values
         if cache is not None:
@@ -255,4 +299,51 @@ class SmolLlavaForConditionalGeneration(SmolLlavaPreTrainedModel, GenerationMixi
         model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
         if is_first_iteration or not kwargs.get("use_cache", True):
             model_inputs["vision_features"] = vision_features
+        mask = kwargs.get("attention_mask")
+        if (self.config.projector_type == "label_words" and not is_first_iteration and kwargs.get("use_cache", True)
+                and mask is not None and model_inputs.get("position_ids") is None):
+            # Decoding steps count the attended tokens only, as the prefill did (SmolLlavaModel.forward takes
+            # the image holes out there; generate() put them into the mask that every step extends).
+            model_inputs["position_ids"] = _positions(mask)[:, -model_inputs["input_ids"].shape[1]:]
         return model_inputs
+
+    def generate(self, *args, **kwargs):
+        # The label-word projector's holes must stay out of attention in every decoding step, not only the
+        # prefill: they go into the attention mask that generation extends step by step.
+        pixels, features = kwargs.get("pixel_values"), kwargs.get("vision_features")
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is not None and (pixels is not None or features is not None):
+            holes = self.model.image_holes(input_ids, pixels, features)
+            if holes is not None:
+                mask = kwargs.get("attention_mask")
+                kwargs["attention_mask"] = (torch.ones_like(input_ids) if mask is None else mask) * ~holes
+        return super().generate(*args, **kwargs)
+
+
+def _holes(input_ids: torch.Tensor, image_token_id: int, valid: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: the placeholder positions whose image token is not valid (in placeholder order)."""
+    holes = torch.zeros_like(input_ids, dtype=torch.bool)
+    holes[input_ids == image_token_id] = ~valid.reshape(-1).to(input_ids.device)
+    return holes
+
+
+def _without_holes(holes: torch.Tensor, attention_mask: torch.Tensor | None,
+                   position_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention mask and position ids of a sequence whose holes [B, T] are taken out: the holes leave
+    attention and take no position, so the LLM reads the label text exactly as if it were written into the
+    prompt. The mask may be wider than the inputs (a cached prefix before them: prefix.py); given position
+    ids are taken to count every input column, as the prefix cache's and plain arange positions do."""
+    width = holes.shape[1]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(holes, dtype=torch.long)
+    cached = attention_mask.shape[1] - width
+    full = torch.cat([holes.new_zeros(holes.shape[0], cached), holes], dim=1) if cached else holes
+    attention_mask = attention_mask * ~full
+    if position_ids is None:
+        return attention_mask, _positions(attention_mask)[:, cached:]
+    return attention_mask, (position_ids - holes.long().cumsum(-1)).clamp(min=0)
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count attended tokens only (padding and holes take none)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
