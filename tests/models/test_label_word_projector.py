@@ -204,3 +204,19 @@ def test_a_template_that_does_not_end_in_the_names_is_refused(smol_tokenizer_dir
 
     with pytest.raises(ConfigError, match="label_template"):
         label_vocabulary(["cat"], AutoTokenizer.from_pretrained(smol_tokenizer_dir), template)
+
+
+def test_generation_from_pixels_equals_generation_from_their_tower_features():
+    model = tiny_label_words(top_k=2)
+    pixels = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        maps = model.model.get_vision_features(pixels)
+    span = model.config.image_seq_length
+    ids = torch.tensor([_prompt([IMAGE_ID] * span)])
+    settings = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+    with torch.no_grad():
+        from_pixels = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels, **settings)
+        from_maps = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), vision_features=maps, **settings)
+    assert from_pixels.sequences.tolist() == from_maps.sequences.tolist()
+    for a, b in zip(from_pixels.logits, from_maps.logits, strict=True):
+        torch.testing.assert_close(a, b)

@@ -127,14 +127,11 @@ class SmolLlavaPreTrainedModel(PreTrainedModel):
         if isinstance(module, GroundedProjector):
             init.normal_(module.class_table, std=self.config.initializer_range)
             init.constant_(module.mlp_weight, self.config.grounded_mlp_weight)
-            if module.mlp is not None:
-                init.zeros_(module.mlp.linear_2.weight)
-                init.zeros_(module.mlp.linear_2.bias)
-        if isinstance(module, LabelWordProjector):  # the words alone until alignment trains the learned path
+        if isinstance(module, LabelWordProjector):
             init.constant_(module.mlp_weight, 1.0)
-            if module.mlp is not None:
-                init.zeros_(module.mlp.linear_2.weight)
-                init.zeros_(module.mlp.linear_2.bias)
+        if isinstance(module, (GroundedProjector, LabelWordProjector)) and module.mlp is not None:
+            init.zeros_(module.mlp.linear_2.weight)
+            init.zeros_(module.mlp.linear_2.bias)
 
 
 class SmolLlavaModel(SmolLlavaPreTrainedModel):
@@ -189,12 +186,15 @@ class SmolLlavaModel(SmolLlavaPreTrainedModel):
             return self.multi_modal_projector(tokens, self.get_input_embeddings())
         return self.multi_modal_projector(tokens), None
 
-    def image_holes(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                    vision_features: torch.Tensor | None = None) -> torch.Tensor | None:
-        """[B, T] True where a placeholder token is a hole (see project_images), or None without holes."""
+    def image_holes(self, input_ids: torch.Tensor, vision_features: torch.Tensor) -> torch.Tensor | None:
+        """[B, T] True where a placeholder token is a hole (see project_images), or None without holes: the
+        label choice alone, from the tower's feature map, without embedding the words."""
         if not isinstance(self.multi_modal_projector, LabelWordProjector):
             return None
-        _, valid = self.project_images(pixel_values, vision_features)
+        features = vision_features.to(self._projector_dtype())
+        if self.config.image_grid:
+            features = F.adaptive_avg_pool2d(features, self.config.image_grid)
+        _, valid = self.multi_modal_projector.label_ids(features.flatten(2).transpose(1, 2))
         return _holes(input_ids, self.config.image_token_id, valid)
 
     def _projector_dtype(self) -> torch.dtype:
@@ -310,13 +310,15 @@ class SmolLlavaForConditionalGeneration(SmolLlavaPreTrainedModel, GenerationMixi
     def generate(self, *args, **kwargs):
         # The label-word projector's holes must stay out of attention in every decoding step, not only the
         # prefill: they go into the attention mask that generation extends step by step.
-        pixels, features = kwargs.get("pixel_values"), kwargs.get("vision_features")
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if input_ids is not None and (pixels is not None or features is not None):
-            holes = self.model.image_holes(input_ids, pixels, features)
-            if holes is not None:
-                mask = kwargs.get("attention_mask")
-                kwargs["attention_mask"] = (torch.ones_like(input_ids) if mask is None else mask) * ~holes
+        is_label_words = isinstance(self.model.multi_modal_projector, LabelWordProjector)
+        if is_label_words and input_ids is not None and kwargs.get("pixel_values") is not None:
+            # run the tower once: its feature map serves both the holes here and the prefill's image tokens
+            kwargs["vision_features"] = self.model.get_vision_features(kwargs.pop("pixel_values"))
+        if is_label_words and input_ids is not None and kwargs.get("vision_features") is not None:
+            holes = self.model.image_holes(input_ids, kwargs["vision_features"])
+            mask = kwargs.get("attention_mask")
+            kwargs["attention_mask"] = (torch.ones_like(input_ids) if mask is None else mask) * ~holes
         return super().generate(*args, **kwargs)
 
 
