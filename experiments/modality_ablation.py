@@ -27,8 +27,10 @@ BENCHMARKS = [
     ("eval/stsb/spearman", "STS-B test"),
     ("eval/sickr/spearman", "SICK-R test"),
     ("eval/flickr8k_1k_test/t2i_R@1", "F8k-test t2i R@1"),
+    ("eval/flickr8k_1k_test/t2i_R@5", "F8k-test t2i R@5"),
     ("eval/flickr8k_1k_test/t2i_R@10", "F8k-test t2i R@10"),
     ("eval/flickr8k_1k_test/i2t_R@1", "F8k-test i2t R@1"),
+    ("eval/flickr8k_1k_test/i2t_R@5", "F8k-test i2t R@5"),
     ("eval/flickr8k_1k_test/i2t_R@10", "F8k-test i2t R@10"),
     ("eval/cirr_local/R@1", "CIRR-12 R@1"),
     ("eval/cirr_local/Rsubset@1", "CIRR-12 Rs@1"),
@@ -90,6 +92,14 @@ def _mean_sd(values: list[float]) -> str:
     return f"{mean:.2f} ± {sd:.2f}"
 
 
+def _measured_rows(jobs: list[dict], base: dict | None) -> list[tuple[str, str]]:
+    """The benchmark rows (STS average after the STS sets) that some job or the base measured: a sweep
+    whose suite leaves a benchmark out (eval=modality_ablation has STS-B as its one STS set) shows no empty row."""
+    rows = BENCHMARKS[:3] + [("sts_avg", "STS average")] + BENCHMARKS[3:]
+    return [(key, name) for key, name in rows
+            if any(j["metrics"].get(key) is not None for j in jobs) or (base and base.get(key) is not None)]
+
+
 def build_table(jobs: list[dict], base: dict | None = None) -> str:
     arms = [a for a in ARMS if any(j["arm"] == a for j in jobs)]
     seeds = {a: [j["seed"] for j in jobs if j["arm"] == a] for a in arms}
@@ -98,8 +108,7 @@ def build_table(jobs: list[dict], base: dict | None = None) -> str:
     if set(arms) == set(ARMS):
         header.append("text_only - image_text")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    rows = BENCHMARKS[:3] + [("sts_avg", "STS average")] + BENCHMARKS[3:]
-    for key, name in rows:
+    for key, name in _measured_rows(jobs, base):
         cells = [name]
         if base:
             cells.append(f"{base[key]:.2f}" if base.get(key) is not None else "-")
@@ -145,7 +154,7 @@ def plot(jobs: list[dict], path: Path, base: dict | None = None) -> None:
     import matplotlib.pyplot as plt
 
     arms = [a for a in ARMS if any(j["arm"] == a for j in jobs)]
-    rows = [("sts_avg", "STS average")] + BENCHMARKS
+    rows = _measured_rows(jobs, base)
     cols = 4
     fig, axes = plt.subplots((len(rows) + cols - 1) // cols, cols, figsize=(4 * cols, 3.2 * ((len(rows) + cols - 1) // cols)))
     colors = {"text_only": "tab:blue", "image_text": "tab:orange"}

@@ -46,11 +46,12 @@ def _load_script():
     return module
 
 
-def _fake_job(folder, arm, seed, stsb, r1, sec_per_step, vision):
+def _fake_job(folder, arm, seed, stsb, r1, sec_per_step, vision, all_sts=True):
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(f"- experiment={arm}\n- seed={seed}\n")
-    metrics = {"eval/sts12/spearman": 50.0, "eval/stsb/spearman": stsb, "eval/sickr/spearman": 60.0,
-               "eval/flickr8k_1k_test/t2i_R@1": r1, "gap/centroid_distance_after": 0.5}
+    metrics = {"eval/stsb/spearman": stsb, "eval/flickr8k_1k_test/t2i_R@1": r1, "gap/centroid_distance_after": 0.5}
+    if all_sts:
+        metrics.update({"eval/sts12/spearman": 50.0, "eval/sickr/spearman": 60.0})
     summary = {"wall_time_s": 100.0 * sec_per_step, "evaluation": {"metrics": metrics},
                "cost": {"sec_per_step": sec_per_step, "samples_per_sec": 16 / sec_per_step, "steps": 40,
                         "peak_rss_during_training_mb": 1000.0, "vision_tower_in_memory": vision}}
@@ -74,3 +75,15 @@ def test_ablation_table_means_spreads_and_ratios(tmp_path):
     assert "| False | True |" in lines["vision tower in memory"]
     assert (tmp_path / "out" / "ablation.png").stat().st_size > 20_000
     assert (tmp_path / "out" / "ablation.md").read_text() == text
+
+
+def test_ablation_table_leaves_out_what_the_suite_did_not_measure(tmp_path):
+    """eval=modality_ablation has STS-B as its one STS set: no STS12, SICK-R or STS-average row, no empty panel."""
+    sweep = tmp_path / "sweep"
+    for i, (arm, seed) in enumerate([("text_only", 1), ("text_only", 2), ("text_only", 3), ("image_text", 1)]):
+        _fake_job(sweep / str(i), arm, seed, 70.0 + i, 1.0 + i, 8.0, arm == "image_text", all_sts=False)
+    text = _load_script().main([str(sweep)])
+    names = [line.split(" | ")[0].lstrip("| ") for line in text.splitlines() if line.startswith("| ")]
+    assert names[:4] == ["benchmark", "STS-B test", "F8k-test t2i R@1", "modality gap (centroid distance)"]
+    assert "text_only (mean ± sd, seeds 1, 2, 3)" in text.splitlines()[2]
+    assert "71.00 ± 1.00" in text  # STS-B of 70, 71, 72

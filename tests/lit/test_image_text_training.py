@@ -120,16 +120,22 @@ def test_caption_loss_equals_the_models_loss_and_trains_only_the_projector(tiny_
 
 def _tiny_overrides(model_dir, tmp_path) -> list[str]:
     return [f"model.name_or_path={model_dir}", "trainer.max_steps=2", "data.batch_size=4", "data.val_limit=8",
-            "data.val_batch_size=8", f"paths.models_dir={tmp_path / 'models'}"]
+            "data.val_batch_size=8", f"paths.models_dir={tmp_path / 'models'}", f"paths.cache_dir={tmp_path / 'cache'}"]
 
 
-def test_align_trains_only_the_projector_and_writes_a_loadable_model(tiny_smol_llava_dir, tmp_path, data_root):
+# experiment=align's own objective (symmetric caption <-> image InfoNCE) and the captioning option.
+@pytest.mark.parametrize("objective, metric", [(None, "train/loss_i2t"), ("captioning", "train/caption_tokens")])
+def test_align_trains_only_the_projector_and_writes_a_loadable_model(objective, metric, tiny_smol_llava_dir, tmp_path,
+                                                                     data_root):
     from safetensors.torch import load_file
 
-    cfg = compose_train(["experiment=align", *_tiny_overrides(tiny_smol_llava_dir, tmp_path)], tmp_path / "run")
+    chosen = [f"objective={objective}"] if objective else []
+    cfg = compose_train(["experiment=align", *chosen, *_tiny_overrides(tiny_smol_llava_dir, tmp_path)], tmp_path / "run")
+    assert cfg.model.vision_feature_cache is True  # the frozen tower's maps are cached by default
     summary = run_training(cfg)
     assert summary["global_step"] == 2 and summary["cost"]["vision_tower_in_memory"] is True
-    assert np.isfinite(summary["metrics"]["train/loss"]) and summary["metrics"]["train/caption_tokens"] > 0
+    assert np.isfinite(summary["metrics"]["train/loss"]) and summary["metrics"][metric] > 0
+    assert list((tmp_path / "cache" / "vision_features").rglob("*.safetensors"))  # filled on first sight
 
     aligned = tmp_path / "models" / "smol_llava_aligned"
     before, after = load_file(str(tiny_smol_llava_dir / "model.safetensors")), load_file(str(aligned / "model.safetensors"))
