@@ -2,8 +2,8 @@
 
 Both arms are the training path itself: batches from `data=image_text`'s DataModule and collator (Flickr8k
 train split, JPEGs opened and preprocessed by the featurizer), the configured objective (experiment=align's
-own by default: symmetric caption <-> image InfoNCE) on the embedder `build_embedder` makes with `train_projector=true` (LLM and tower frozen, the
-tower in eval mode, as the LightningModule sets it), AdamW on the projector. The cached arm routes the
+own by default: symmetric caption <-> image InfoNCE) on the embedder `build_embedder` makes with
+`train_projector=true` (LLM and tower frozen, the tower in eval mode, as the LightningModule sets it), AdamW on the projector. The cached arm routes the
 tower through `TowerFeatureCache` (mmembed.models.vision_feature_cache), filled by one pass over the
 batches first (timed: the one-off cost); the uncached arm runs the tower every step. Steps alternate
 between the arms on the same batches (the CPU is shared: alternation keeps load drift out of the

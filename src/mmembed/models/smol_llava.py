@@ -177,11 +177,7 @@ class SmolLlavaModel(SmolLlavaPreTrainedModel):
         if vision_features.dim() != 4 or vision_features.shape[1] != self.config.vision_hidden_size:
             raise ValueError(f"vision_features of shape {tuple(vision_features.shape)}: expected the tower's "
                              f"[batch, {self.config.vision_hidden_size}, h, w] feature map")
-        vision_features = vision_features.to(self._projector_dtype())
-        if self.config.image_grid:
-            # adaptive pooling is exact averaging over (overlapping, for 7 -> 3) windows of the map
-            vision_features = F.adaptive_avg_pool2d(vision_features, self.config.image_grid)
-        tokens = vision_features.flatten(2).transpose(1, 2)
+        tokens = self._projector_inputs(vision_features)
         if isinstance(self.multi_modal_projector, LabelWordProjector):
             return self.multi_modal_projector(tokens, self.get_input_embeddings())
         return self.multi_modal_projector(tokens), None
@@ -191,11 +187,16 @@ class SmolLlavaModel(SmolLlavaPreTrainedModel):
         label choice alone, from the tower's feature map, without embedding the words."""
         if not isinstance(self.multi_modal_projector, LabelWordProjector):
             return None
-        features = vision_features.to(self._projector_dtype())
-        if self.config.image_grid:
-            features = F.adaptive_avg_pool2d(features, self.config.image_grid)
-        _, valid = self.multi_modal_projector.label_ids(features.flatten(2).transpose(1, 2))
+        _, valid = self.multi_modal_projector.label_ids(self._projector_inputs(vision_features))
         return _holes(input_ids, self.config.image_token_id, valid)
+
+    def _projector_inputs(self, vision_features: torch.Tensor) -> torch.Tensor:
+        """The tower's map [B, C, h, w] -> the projector's input vectors [B, positions, C], in its dtype."""
+        vision_features = vision_features.to(self._projector_dtype())
+        if self.config.image_grid:
+            # adaptive pooling is exact averaging over (overlapping, for 7 -> 3) windows of the map
+            vision_features = F.adaptive_avg_pool2d(vision_features, self.config.image_grid)
+        return vision_features.flatten(2).transpose(1, 2)
 
     def _projector_dtype(self) -> torch.dtype:
         return next(self.multi_modal_projector.parameters()).dtype
