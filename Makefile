@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 
 # Assemble the default model (SmolLM2 + EfficientNet-Lite0 + projector) once per machine.
 prepare: setup
-	$(BIN)/python -m mmembed.models.default_model
+	$(BIN)/python -m mmembed.models.smol_llava.assembly
 
 train: prepare
 	$(BIN)/python src/train.py experiment=text_only $(ARGS)
@@ -44,7 +44,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not distributed" $(ARGS)
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff check src tests perf experiments
 
 # The local results table (untrained / trained / MiniLM); ADAPTER defaults to the newest training run.
 results: prepare

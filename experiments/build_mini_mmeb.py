@@ -5,7 +5,7 @@
     python src/eval.py eval=mini_mmeb                           # evaluate on it
 
 What each dataset is and how it was built: the README.md written into the output folder
-(mmembed.data.mini_mmeb).
+(mmembed.prep.mini_mmeb.build).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main(argv=None) -> int:
     sys.path.insert(0, str(REPO / "src"))  # a checkout without `pip install -e .`
-    from mmembed.data.mini_mmeb import VERSION, build_mini_mmeb
     from mmembed.errors import MMEmbedError
+    from mmembed.prep.mini_mmeb.build import VERSION, build_mini_mmeb
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default=os.environ.get("MMEMBED_DATA", str(REPO.parent / "shared" / "data")))

@@ -219,7 +219,7 @@ def _run_stage(stage: Stage, command: list[str], out: Path, force: bool, positio
 
 def ensure_mini_mmeb(cache_dir: Path, data_root: Path) -> None:
     sys.path.insert(0, str(REPO / "src"))  # a checkout without `pip install -e .`
-    from mmembed.data.mini_mmeb import VERSION, build_mini_mmeb
+    from mmembed.prep.mini_mmeb.build import VERSION, build_mini_mmeb
 
     target = cache_dir / VERSION
     if not (target / "counts.json").is_file():

@@ -30,7 +30,7 @@ def data_root() -> Path:
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The real offline default model folder (assembled on first use, cached per machine)."""
-    from mmembed.models.default_model import ensure_default_model
+    from mmembed.models.smol_llava.assembly import ensure_default_model
 
     return ensure_default_model()
 
@@ -49,7 +49,7 @@ def smol_tokenizer_dir(tmp_path_factory) -> Path:
     tokenizer do not assemble the 135M-parameter model."""
     from transformers import AutoTokenizer
 
-    from mmembed.models.default_model import IMAGE_TOKEN, build_processor, gguf_location
+    from mmembed.models.smol_llava.assembly import IMAGE_TOKEN, build_processor, gguf_location
 
     folder, name = gguf_location()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)

@@ -1,4 +1,4 @@
-"""What only a CUDA machine can check (benchmarks/gpu_check.py runs the same checks as one script).
+"""What only a CUDA machine can check (perf/gpu_check.py runs the same checks as one script).
 
 Marked `gpu` and skipped without CUDA: `pytest -m gpu` on a GPU machine runs exactly these.
 """
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "perf" / "gpu_check.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh on a machine without CUDA: one line, exit 0, nothing run or written; the
+"""perf/gpu_check.sh on a machine without CUDA: one line, exit 0, nothing run or written; the
 report logic and the QLoRA skip, checked here without a GPU."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tests.conftest import REPO
 def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
     report = tmp_path / "x.json"
     proc = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(report)],
+        ["bash", str(REPO / "perf" / "gpu_check.sh"), str(report)],
         check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
@@ -29,7 +29,7 @@ def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
 
 
 def load_gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "perf" / "gpu_check.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

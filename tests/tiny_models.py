@@ -25,7 +25,7 @@ def build_tiny_smol_llava(default_dir: str | Path, out_dir: str | Path, seed: in
     """A 2-layer, 64-d SmolLlava with the default model's processor (tokenizer + image processor)."""
     from transformers import LlavaProcessor
 
-    from mmembed.models.smol_llava import SmolLlavaConfig, SmolLlavaForConditionalGeneration
+    from mmembed.models.smol_llava.modeling import SmolLlavaConfig, SmolLlavaForConditionalGeneration
 
     processor = LlavaProcessor.from_pretrained(default_dir)
     tokenizer = processor.tokenizer

@@ -7,10 +7,10 @@ import json
 import pytest
 from PIL import Image
 
-from mmembed.data.benchmarks.captions import read_caption_csv, read_coco_captions, read_flickr8k_token, read_karpathy
-from mmembed.data.benchmarks.cir import join_fiq_captions, read_cirr, read_fashioniq
-from mmembed.data.benchmarks.layout import BenchmarkLayoutError
-from mmembed.data.benchmarks.zeroshot import read_zeroshot
+from mmembed.data.evalsets.captions import read_caption_csv, read_coco_captions, read_flickr8k_token, read_karpathy
+from mmembed.data.evalsets.cir import join_fiq_captions, read_cirr, read_fashioniq
+from mmembed.data.evalsets.layout import BenchmarkLayoutError
+from mmembed.data.evalsets.zeroshot import read_zeroshot
 from mmembed.data.images import load_image
 from mmembed.errors import BadImageError
 

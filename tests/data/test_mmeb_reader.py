@@ -17,8 +17,8 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from mmembed.data.benchmarks.layout import BenchmarkLayoutError
-from mmembed.data.benchmarks.mmeb import MMEBInput, read_mmeb
+from mmembed.data.evalsets.layout import BenchmarkLayoutError
+from mmembed.data.evalsets.mmeb import MMEBInput, read_mmeb
 from mmembed.errors import DataConfigError
 from tests.conftest import REPO
 
@@ -138,7 +138,7 @@ TRAIN_COLUMNS = ["qry", "qry_image_path", "pos_text", "pos_image_path", "neg_tex
 @pytest.fixture(scope="module")
 def two_builds(data_root, tmp_path_factory):
     pytest.importorskip("easy_vqa")
-    from mmembed.data.mini_mmeb import build_mini_mmeb
+    from mmembed.prep.mini_mmeb.build import build_mini_mmeb
 
     root = tmp_path_factory.mktemp("mini_mmeb")
     counts = build_mini_mmeb(data_root, root / "a", limit=LIMIT)
@@ -229,7 +229,7 @@ def test_mini_mmeb_eval_images_are_never_training_images(two_builds, data_root):
 
 
 def test_grounding_boxes_are_normalised_by_the_original_size():
-    from mmembed.data.mini_mmeb_grounding import ENTITIES, pixel_box, scale_box
+    from mmembed.prep.mini_mmeb.grounding import ENTITIES, pixel_box, scale_box
 
     data_root = Path(os.environ.get("MMEMBED_DATA", REPO.parent / "shared" / "data"))
     with gzip.open(data_root / ENTITIES, "rt") as f:

@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from mmembed.data.benchmarks.caption_splits import normalise_caption, read_token_file
-from mmembed.data.benchmarks.captions import read_caption_config, read_flickr8k_token
-from mmembed.data.benchmarks.layout import BenchmarkLayoutError
+from mmembed.data.evalsets.caption_splits import normalise_caption, read_token_file
+from mmembed.data.evalsets.captions import read_caption_config, read_flickr8k_token
+from mmembed.data.evalsets.layout import BenchmarkLayoutError
 from mmembed.data.heldout import drop_heldout_rows, heldout_sentences
 from mmembed.data.image_text import read_image_text_source, read_image_text_sources
 from mmembed.errors import DataConfigError

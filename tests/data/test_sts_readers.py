@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mmembed.data.benchmarks.layout import BenchmarkLayoutError
-from mmembed.data.benchmarks.sts import read_sick, read_sts12_16, read_stsb
+from mmembed.data.evalsets.layout import BenchmarkLayoutError
+from mmembed.data.evalsets.sts import read_sick, read_sts12_16, read_stsb
 
 STSB_LINES = [
     "main-captions\tMSRvid\t2012test\t0024\t2.500\tA girl is styling her hair.\tA girl is brushing her hair.",

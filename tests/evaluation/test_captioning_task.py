@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from mmembed.data.benchmarks.captions import read_caption_config
+from mmembed.data.evalsets.captions import read_caption_config
 from mmembed.data.images import load_image
 from mmembed.evaluation.suite import evaluate_suite
 from mmembed.inference import Embedder
 from mmembed.inference.captioner import Captioner
 from mmembed.metrics.captioning import caption_scores
 from mmembed.models.factory import ModelSpec, build_embedder
-from mmembed.models.mmgem import MMGEMExtension
+from mmembed.models.mmgem.extension import MMGEMExtension
 from mmembed.models.prompts import PromptConfig
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mmembed.data.benchmarks.layout import BenchmarkLayoutError
+from mmembed.data.evalsets.layout import BenchmarkLayoutError
 from mmembed.evaluation.suite import check_benchmarks
 
 REPO = Path(__file__).resolve().parents[2]

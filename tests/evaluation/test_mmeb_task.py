@@ -162,7 +162,7 @@ def _embed_one(embedder, inp, image_root: Path) -> torch.Tensor:
 
 @pytest.mark.slow  # ~60 s: two dozen forward passes of the tiny model, three times (task, brute force, fast path)
 def test_tiny_model_hits_match_a_brute_force_per_query_reference(tiny_smol_llava_dir, tmp_path):
-    from mmembed.data.benchmarks.mmeb import as_input
+    from mmembed.data.evalsets.mmeb import as_input
     from mmembed.models.backbones import load_backbone
     from mmembed.models.embedder import MLLMEmbedder
 
@@ -227,7 +227,7 @@ def test_tiny_model_hits_match_a_brute_force_per_query_reference(tiny_smol_llava
 def test_mini_mmeb_suite_names_the_build_command_when_the_folder_is_missing(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from mmembed.data.benchmarks.layout import BenchmarkLayoutError
+    from mmembed.data.evalsets.layout import BenchmarkLayoutError
     from mmembed.run.evaluation import benchmark_list
     from tests.conftest import REPO
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mmembed.data.benchmarks.regions import read_region_config
+from mmembed.data.evalsets.regions import read_region_config
 from mmembed.evaluation.suite import evaluate_suite
 from mmembed.models.factory import ModelSpec, build_embedder
-from mmembed.models.mmgem import MMGEMExtension
+from mmembed.models.mmgem.extension import MMGEMExtension
 from mmembed.models.prompts import PromptConfig
 
 PROMPTS = PromptConfig(text="<sent>", image="<image>", chat_template=False, suffix="[EMB]")

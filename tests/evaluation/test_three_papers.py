@@ -117,7 +117,7 @@ TRIPLETS = [("A man plays a guitar.", "A man makes music.", "A woman sleeps."),
 @pytest.mark.slow
 def test_the_table_trains_stage_one_then_stage_two_from_its_adapter_and_tabulates(tp, tiny_smol_llava_dir, tmp_path):
     """Rows text_only and unime_stage1_2 on the tiny model, 2 steps each, a small suite: four real runs."""
-    from mmembed.data.mini_mmeb import VERSION, build_mini_mmeb
+    from mmembed.prep.mini_mmeb.build import VERSION, build_mini_mmeb
 
     cache = tmp_path / "cache"
     build_mini_mmeb(SHARED, cache / VERSION, limit=4)

@@ -84,7 +84,7 @@ def test_tiny_model_real_sts12(tiny_embedder, data_root, tmp_path):
     res = evaluate_suite(tiny_embedder, [cfg], tmp_path, batch_size=64, model="tiny", progress=False)
     sts = res["benchmarks"]["sts12"]
     assert sts["protocol"]["pairs"] == 3108
-    from mmembed.data.benchmarks.sts import read_sts12_16
+    from mmembed.data.evalsets.sts import read_sts12_16
 
     subsets = read_sts12_16(cfg["path"])  # "all": one Spearman over every subset's pairs
     first, second, gold = ([x for pairs in subsets for x in getattr(pairs, field)]

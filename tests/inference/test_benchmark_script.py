@@ -1,4 +1,4 @@
-"""benchmarks/encode_throughput.py runs end to end (tiny model) and the recipes agree; bf16_training.py's
+"""perf/encode_throughput.py runs end to end (tiny model) and the recipes agree; bf16_training.py's
 run plan is the real entry point's, alternating."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tests.conftest import REPO
 
 
 def bench_module(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / "perf" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -26,7 +26,7 @@ def bench_module(name: str):
 def test_encode_throughput_runs_and_recipes_agree(tiny_dir, data_root, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks/encode_throughput.py"), "--model", str(tiny_dir),
+        [sys.executable, str(REPO / "perf/encode_throughput.py"), "--model", str(tiny_dir),
          "--n-texts", "12", "--n-images", "4", "--batch-size", "4", "--json", str(out)],
         capture_output=True, text=True, timeout=600, check=False,
         env={**os.environ, "MMEMBED_DATA": str(data_root), "PYTHONPATH": str(REPO / "src")},

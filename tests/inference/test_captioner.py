@@ -15,7 +15,7 @@ from PIL import Image
 
 from mmembed.inference.captioner import Captioner
 from mmembed.models.factory import ModelSpec, build_embedder
-from mmembed.models.mmgem import MMGEMExtension
+from mmembed.models.mmgem.extension import MMGEMExtension
 from mmembed.models.prompts import PromptConfig
 from tests.conftest import REPO
 

@@ -239,9 +239,9 @@ def test_reading_checks_the_sidecar_and_the_expected_shape(indexes, tmp_path):
 
 
 def test_benchmark_script_runs_end_to_end(tmp_path):
-    """benchmarks/faiss_indexes.py at a tiny size: every kind reports, flat is its own exact reference."""
+    """perf/faiss_indexes.py at a tiny size: every kind reports, flat is its own exact reference."""
     out, raw = tmp_path / "faiss.md", tmp_path / "faiss.json"
-    cmd = [sys.executable, str(REPO / "benchmarks/faiss_indexes.py"), "--n", "3000", "--queries", "50", "--single", "5",
+    cmd = [sys.executable, str(REPO / "perf/faiss_indexes.py"), "--n", "3000", "--queries", "50", "--single", "5",
            "--clusters", "64", "--topics", "8", "--nprobe", "1,219", "--ef-search", "16", "--out", str(out),
            "--json", str(raw), "--workdir", str(tmp_path / "work")]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}

@@ -14,7 +14,7 @@ from datasets import Dataset
 from mteb.types import PromptType
 from torch.utils.data import DataLoader
 
-from mmembed.data.benchmarks.sts import read_stsb
+from mmembed.data.evalsets.sts import read_stsb
 from mmembed.errors import ConfigError
 from mmembed.evaluation.encode import encode_texts
 from mmembed.inference import Embedder

@@ -181,7 +181,7 @@ def test_image_text_arm_trains_lora_then_evaluates_and_draws_the_gap(tiny_smol_l
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["benchmarks"]["flickr8k_1k_test"]["protocol"]["images"] == 8
     # The reported recall is the brute-force recall of the trained adapter's embeddings.
-    from mmembed.data.benchmarks.captions import read_caption_config
+    from mmembed.data.evalsets.captions import read_caption_config
     from mmembed.evaluation.modality_gap import gap_stats
     from mmembed.inference import Embedder
 
@@ -219,7 +219,7 @@ def test_image_text_arm_trains_lora_then_evaluates_and_draws_the_gap(tiny_smol_l
 
 
 def _gap_pairs(embedder, cfg):
-    from mmembed.data.benchmarks.captions import read_caption_config
+    from mmembed.data.evalsets.captions import read_caption_config
     from mmembed.evaluation.modality_gap import pair_embeddings
 
     gap_cfg = OmegaConf.to_container(cfg.evaluation.modality_gap, resolve=True)

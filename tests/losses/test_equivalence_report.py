@@ -1,4 +1,4 @@
-"""benchmarks/equivalence_tolerances.py reports the observed differences of the tests' own computations."""
+"""perf/equivalence_tolerances.py reports the observed differences of the tests' own computations."""
 
 from __future__ import annotations
 

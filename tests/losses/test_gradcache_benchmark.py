@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/gradcache_memory.py: one tiny configuration per mode, in-process."""
+"""Smoke test of perf/gradcache_memory.py: one tiny configuration per mode, in-process."""
 
 from __future__ import annotations
 

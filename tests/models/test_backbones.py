@@ -223,7 +223,7 @@ def test_qwen2_vl_processor_loads_without_torchvision(tiny_dirs):
 def test_default_with_a_projector_suffix_names_that_recipe_s_folder(tmp_path):
     from mmembed.errors import ConfigError
     from mmembed.models.backbones import resolve_name_or_path
-    from mmembed.models.default_model import MARKER, RECIPES
+    from mmembed.models.smol_llava.assembly import MARKER, RECIPES
 
     for recipe in RECIPES.values():  # prepared folders (marker + config) are used as they are, not rebuilt
         (tmp_path / recipe).mkdir()

@@ -62,7 +62,7 @@ def test_lookup_computes_only_what_is_missing_and_reads_back_exact_tensors(tmp_p
 def tiny_model_and_processor(tiny_smol_llava_dir):
     from transformers import LlavaProcessor
 
-    from mmembed.models.smol_llava import SmolLlavaForConditionalGeneration
+    from mmembed.models.smol_llava.modeling import SmolLlavaForConditionalGeneration
 
     model = SmolLlavaForConditionalGeneration.from_pretrained(tiny_smol_llava_dir).eval()
     return model, LlavaProcessor.from_pretrained(tiny_smol_llava_dir)

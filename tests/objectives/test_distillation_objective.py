@@ -16,11 +16,12 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from mmembed.data import teacher_cache
 from mmembed.errors import ConfigError, DataConfigError
 from mmembed.losses.distillation import relational_kl
-from mmembed.models import teacher_cache
 from mmembed.objectives import RelationalDistillation, StepContext, WeightedSum
 from mmembed.objectives.distillation import similarity_correlation, wait_for_file
+from mmembed.prep import teacher_cache as teacher_cache_cli
 from mmembed.run.training import run_training
 from tests.pipeline.helpers import compose_train
 
@@ -138,7 +139,7 @@ def test_a_sentence_missing_from_the_cache_names_the_command_that_builds_it(feat
     objective.prepare_files([train_file], featurizer.tokenizer, 32, tokenizer_name="/models/student")
     rows = _rows(featurizer, 2)
     rows[1]["hard_neg"] = "A sentence no training file holds."
-    command = (f"python -m mmembed.models.teacher_cache --teacher {TEACHER} --files {train_file} "
+    command = (f"python -m mmembed.prep.teacher_cache --teacher {TEACHER} --files {train_file} "
                f"--max-text-tokens 32 --student-tokenizer /models/student --cache-dir {cache_dir}")
     with pytest.raises(DataConfigError, match="1 of the batch's 6 texts are not in the teacher cache") as err:
         objective.features(featurizer, rows)
@@ -151,8 +152,8 @@ def test_the_error_command_builds_the_very_cache_training_reads(featurizer, tiny
     with pytest.raises(DataConfigError, match="objective.build_cache=false: build it with") as err:
         objective.prepare_files([train_file], featurizer.tokenizer, 32, tokenizer_name=str(tiny_smol_llava_dir))
     command = str(err.value).split("`")[1]
-    assert command.startswith("python -m mmembed.models.teacher_cache ")
-    built = teacher_cache.main(shlex.split(command)[3:])
+    assert command.startswith("python -m mmembed.prep.teacher_cache ")
+    built = teacher_cache_cli.main(shlex.split(command)[3:])
     _refuse_teacher(monkeypatch)
     assert objective.prepare_files([train_file], featurizer.tokenizer, 32) == built
 

@@ -12,8 +12,8 @@ from PIL import Image
 
 from mmembed.models.factory import ModelSpec, build_embedder
 from mmembed.models.featurizer import IGNORE_INDEX
-from mmembed.models.mmgem import MMGEMExtension, normalised_boxes
-from mmembed.models.pool_aggregator import roi_align
+from mmembed.models.mmgem.extension import MMGEMExtension, normalised_boxes
+from mmembed.models.mmgem.pool_aggregator import roi_align
 from mmembed.models.prompts import PromptConfig
 from mmembed.objectives import Captioning, ImageTextInfoNCE, StepContext
 from mmembed.objectives.regions import RegionCaptioning, RegionTextInfoNCE

@@ -188,7 +188,7 @@ def test_collator_refuses_an_empty_batch():
 
 
 def test_sts_gold_scores_nan_or_out_of_range(tmp_path):
-    from mmembed.data.benchmarks import sts
+    from mmembed.data.evalsets import sts
 
     folder = tmp_path / "STSBenchmark"
     folder.mkdir()

@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 
-from mmembed.data.benchmarks.caption_splits import normalise_caption
+from mmembed.data.evalsets.caption_splits import normalise_caption
 from mmembed.errors import DataConfigError
 
 log = logging.getLogger(__name__)
 
 def _sentences_of(name: str, source: Mapping) -> Iterable[str]:
-    from mmembed.data.benchmarks.captions import read_caption_config
-    from mmembed.data.benchmarks.sts import read_sts_config
+    from mmembed.data.evalsets.captions import read_caption_config
+    from mmembed.data.evalsets.sts import read_sts_config
 
     task = source.get("task")
     if task == "sts":

@@ -13,7 +13,7 @@ Sources (each a mapping in `data.sources`, several are concatenated):
                            folder loads with `datasets.load_dataset("imagefolder", data_dir=root)`;
 - `format: flickr30k_entities` region-phrase pairs: a Flickr8k-style caption source's images (`captions`,
                            `images`, `split`, `split_files`) and `entities` (flickr8k_entities.jsonl.gz);
-                           each pair carries its box (MM-GEM's region level, mmembed.data.benchmarks.regions).
+                           each pair carries its box (MM-GEM's region level, mmembed.data.evalsets.regions).
 Splits: `split: train` + `split_files: {train: ..., dev: ..., test: ...}` (files of image names, e.g.
 Flickr8k's `Flickr_8k.trainImages.txt`) keeps that split's images, matched by file name, whatever folder
 they are in; `heldout_splits: [dev, test]` also drops captions identical to one of those splits' captions, so
@@ -36,8 +36,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmembed.data.benchmarks.caption_splits import select_split
-from mmembed.data.benchmarks.captions import CAPTION_FORMATS, CaptionBenchmark, read_caption_config, select_image_range
+from mmembed.data.evalsets.caption_splits import select_split
+from mmembed.data.evalsets.captions import CAPTION_FORMATS, CaptionBenchmark, read_caption_config, select_image_range
 from mmembed.errors import DataConfigError
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def read_image_text_source(source: Mapping) -> list[ImageTextPair]:
     fmt = source.get("format")
     name = source.get("name") or str(fmt)
     if fmt == "flickr30k_entities":
-        from mmembed.data.benchmarks.regions import region_phrase_pairs
+        from mmembed.data.evalsets.regions import region_phrase_pairs
 
         found, counts = region_phrase_pairs(dict(source, name=name, format="flickr8k_token"))
         log.info("region source %s: %s", name, counts)

@@ -2,10 +2,10 @@
 (query, positive) pair, each side text, an image or an image with text, plus optional mined negatives.
 
 Columns: `qry`, `qry_image_path`, `pos_text`, `pos_image_path`, and optionally `neg_text`,
-`neg_image_path` (UniME's hard-negative files; `python -m mmembed.inference.mine_negatives` writes them). Texts carry
+`neg_image_path` (UniME's hard-negative files; `python -m mmembed.prep.mine_negatives` writes them). Texts carry
 their task instruction inline (`<|image_1|>\\nRepresent the given image for classification\\n`); MMEB's
 `<|image_1|>` becomes mmembed's `<image>`, which the prompt renderer maps to each backbone's own image
-token (`mmembed.data.benchmarks.mmeb.as_input`, shared with the MMEB evaluation). Image paths are
+token (`mmembed.data.evalsets.mmeb.as_input`, shared with the MMEB evaluation). Image paths are
 relative to `image_root`. Rows come back flat, as strings, so the held-out sentence filter reads them:
 `{qry, qry_image, pos, pos_image, neg, neg_image}` (an image is an absolute path or None; `neg` is None
 when the row has no negative).
@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmembed.data.benchmarks.mmeb import as_input, read_rows
+from mmembed.data.evalsets.mmeb import as_input, read_rows
 from mmembed.errors import DataConfigError, SkipCounter, check_on_error
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mmembed.data.benchmarks.captions import CaptionBenchmark
+from mmembed.data.evalsets.captions import CaptionBenchmark
 from mmembed.evaluation.encode import encode_images, encode_texts
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from mmembed.data.benchmarks.captions import read_caption_config
+from mmembed.data.evalsets.captions import read_caption_config
 from mmembed.evaluation.common import option
 
 DEFAULT_INSTRUCTION = "<image>\nDescribe the image in one sentence."

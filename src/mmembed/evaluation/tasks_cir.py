@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mmembed.data.benchmarks.cir import FASHIONIQ_CATEGORIES, read_cirr, read_fashioniq
+from mmembed.data.evalsets.cir import FASHIONIQ_CATEGORIES, read_cirr, read_fashioniq
 from mmembed.evaluation.common import chance_recall, floats, option, prompt_record, required
 from mmembed.evaluation.encode import encode_composed, encode_images
 from mmembed.metrics.cir import CIRRRecall

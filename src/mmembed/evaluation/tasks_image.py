@@ -6,8 +6,8 @@ from collections import Counter
 
 import torch
 
-from mmembed.data.benchmarks.captions import read_caption_config
-from mmembed.data.benchmarks.zeroshot import read_zeroshot
+from mmembed.data.evalsets.captions import read_caption_config
+from mmembed.data.evalsets.zeroshot import read_zeroshot
 from mmembed.evaluation.common import chance_recall, floats, option, prompt_record, required
 from mmembed.evaluation.encode import encode_images, encode_rendered_texts, encode_texts
 from mmembed.metrics.retrieval import ImageTextRecall

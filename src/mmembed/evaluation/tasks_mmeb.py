@@ -16,7 +16,7 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from mmembed.data.benchmarks.mmeb import MMEBDataset, MMEBInput, read_mmeb
+from mmembed.data.evalsets.mmeb import MMEBDataset, MMEBInput, read_mmeb
 from mmembed.errors import ConfigError, DataConfigError
 from mmembed.evaluation.common import floats, option, prompt_record, required
 from mmembed.evaluation.encode import encode_composed, encode_images, encode_texts

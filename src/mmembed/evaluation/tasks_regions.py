@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import torch
 
-from mmembed.data.benchmarks.regions import read_region_config
+from mmembed.data.evalsets.regions import read_region_config
 from mmembed.data.images import load_image
 from mmembed.evaluation.common import floats, option
 from mmembed.evaluation.encode import encode_texts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mmembed.data.benchmarks.sts import read_sts_config
+from mmembed.data.evalsets.sts import read_sts_config
 from mmembed.evaluation.common import floats, prompt_record, required
 from mmembed.evaluation.encode import encode_texts
 from mmembed.metrics.sts import STSSpearman

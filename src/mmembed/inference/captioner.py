@@ -54,7 +54,7 @@ class Captioner:
     def _regions(self, images, boxes):
         if boxes is None:
             return nullcontext()
-        from mmembed.models.mmgem import normalised_boxes, region_route
+        from mmembed.models.mmgem.extension import normalised_boxes, region_route
 
         # beam search repeats each image num_beams times in a row; its boxes follow
         norm = normalised_boxes(images, boxes, self.embedder.featurizer).repeat_interleave(self.num_beams, dim=0)

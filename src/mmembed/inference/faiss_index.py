@@ -27,7 +27,7 @@ FORMAT = "mmembed-faiss/1"
 KINDS = ("flat", "ivf", "hnsw")
 OPTIONS = {
     "flat": {},
-    # Search defaults favour recall; benchmarks/faiss_indexes.py (clustered 576-d data, recall@10 vs exact):
+    # Search defaults favour recall; perf/faiss_indexes.py (clustered 576-d data, recall@10 vs exact):
     # nprobe=16 gave 0.983 at 100k vectors and 0.990 at 1M; ef_search=256 gave 0.992 and 0.957 (M=16 and
     # ef_construction=40, FAISS's own default, bound HNSW's recall; larger ones build slower).
     "ivf": {"nlist": None, "train_size": None, "nprobe": 16, "seed": 0},

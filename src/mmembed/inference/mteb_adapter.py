@@ -1,7 +1,7 @@
 """Run mmembed models under the `mteb` benchmark package (mteb 2.x encoder protocol).
 
     import mteb
-    from mmembed.data.benchmarks.sts import read_stsb
+    from mmembed.data.evalsets.sts import read_stsb
     from mmembed.inference import Embedder
     from mmembed.inference.mteb_adapter import LocalSTSTask, MTEBEncoder
 

@@ -181,7 +181,7 @@ class TextPairDataModule(StsValidatedDataModule):
 
 
 def _sts_validation_rows(folder: str, split: str, limit: int | None, seed: int) -> list[dict]:
-    from mmembed.data.benchmarks.sts import read_stsb
+    from mmembed.data.evalsets.sts import read_stsb
 
     try:
         pairs = read_stsb(folder, split=split)

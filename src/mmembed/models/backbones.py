@@ -74,7 +74,7 @@ def resolve_name_or_path(name_or_path: str, cache_dir: str | None = None) -> str
     """Map "default" to the prepared offline model folder (building it once), "default:<projector>" to that
     projector recipe's folder (e.g. "default:label_words", "default:mlp"); leave others alone."""
     if name_or_path == DEFAULT_MODEL or name_or_path.startswith(DEFAULT_MODEL + ":"):
-        from mmembed.models.default_model import DEFAULT_PROJECTOR, ensure_default_model
+        from mmembed.models.smol_llava.assembly import DEFAULT_PROJECTOR, ensure_default_model
 
         projector = name_or_path.partition(":")[2] or DEFAULT_PROJECTOR
         return str(ensure_default_model(cache_dir, projector_type=projector))
@@ -225,7 +225,7 @@ def _load_model(family: str, source: str, kwargs: dict):
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     if family == "smol_llava":
-        from mmembed.models.smol_llava import SmolLlavaForConditionalGeneration
+        from mmembed.models.smol_llava.modeling import SmolLlavaForConditionalGeneration
 
         return SmolLlavaForConditionalGeneration.from_pretrained(source, **kwargs)
     if family == "causal_lm":

@@ -56,7 +56,7 @@ class ModelSpec:
     pooler: object | None = None  # a mmembed.models.pooling pooler; None = last token (E5-V)
     # Frozen vision tower's feature maps computed once per distinct image and reused (cache_dir/vision_features)
     vision_feature_cache: bool = False
-    # A model extension (e.g. mmembed.models.mmgem.MMGEMExtension, conf/model/mmgem.yaml): adds tokens to
+    # A model extension (e.g. mmembed.models.mmgem.extension.MMGEMExtension, conf/model/mmgem.yaml): adds tokens to
     # the featurizer, modules to the loaded model, LoRA options, and picks the embedder class.
     extension: object | None = None
 

@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 from mmembed.errors import MMEmbedError
-from mmembed.models.default_model import default_cache_dir
+from mmembed.models.smol_llava.assembly import default_cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmembed.errors import BadImageError, ConfigError
-from mmembed.models.default_model import default_cache_dir
+from mmembed.models.smol_llava.assembly import default_cache_dir
 
 SUBDIR = "vision_features"
 TENSOR_NAME = "features"

@@ -7,7 +7,7 @@ data cost, and keeps the batch shaped like the InfoNCE recipe's, so both can sha
 
 The teacher never runs during training: `prepare(datamodule)` (called once by the training run,
 before the model loads) embeds every distinct training sentence, cut exactly as training cuts it,
-into a safetensors cache (mmembed.models.teacher_cache), or reuses the file from an earlier run.
+into a safetensors cache (mmembed.data.teacher_cache), or reuses the file from an earlier run.
 Under multi-process training each node's local rank 0 builds the file; the other ranks wait for it.
 `features` (DataLoader workers) then only looks rows up: the pickled objective carries the cache
 path and the sentence index, and each process loads the vectors once, on first use.
@@ -57,7 +57,7 @@ class CachedTeacherRows:
         if self.vectors is None:
             from safetensors.torch import load_file
 
-            from mmembed.models.teacher_cache import TENSOR
+            from mmembed.data.teacher_cache import TENSOR
 
             self.vectors = load_file(self.path)[TENSOR]
         return self.vectors[torch.tensor([self.index[s] for s in sentences], dtype=torch.long)]
@@ -107,7 +107,7 @@ class RelationalDistillation(EmbeddingObjective):
 
     def prepare_files(self, files: Sequence[str | Path], tokenizer, max_text_tokens: int | None,
                       tokenizer_name: str | None = None) -> Path:
-        from mmembed.models.teacher_cache import TeacherCache, training_key_parts, training_sentences
+        from mmembed.data.teacher_cache import TeacherCache, training_key_parts, training_sentences
 
         local = [Path(f).expanduser() for f in files]
         missing = [str(p) for p in local if not p.is_file()]
@@ -133,7 +133,7 @@ class RelationalDistillation(EmbeddingObjective):
 
     def build_command(self, files: Sequence[Path], max_text_tokens: int | None, tokenizer_name: str | None) -> str:
         """The teacher_cache CLI call that builds exactly the file `prepare` looks for."""
-        args = ["python", "-m", "mmembed.models.teacher_cache", "--teacher", self.teacher,
+        args = ["python", "-m", "mmembed.prep.teacher_cache", "--teacher", self.teacher,
                 "--files", *map(str, files), "--max-text-tokens", str(max_text_tokens or 0)]
         if tokenizer_name:
             args += ["--student-tokenizer", str(tokenizer_name)]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mmembed.models.mmgem import normalised_boxes, region_route
+from mmembed.models.mmgem.extension import normalised_boxes, region_route
 from mmembed.objectives.base import ObjectiveOutput, StepContext
 from mmembed.objectives.captioning import Captioning
 from mmembed.objectives.image_text import ImageTextInfoNCE

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 def run_captioning(cfg: DictConfig) -> dict:
     if cfg.get("region") and cfg.region.get("image"):
         return caption_region(cfg)
-    from mmembed.data.benchmarks.captions import read_caption_config
+    from mmembed.data.evalsets.captions import read_caption_config
     from mmembed.evaluation.tasks_caption import caption_and_score
     from mmembed.models.factory import build_embedder
     from mmembed.run.config import model_spec

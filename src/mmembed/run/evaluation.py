@@ -50,7 +50,7 @@ def evaluate_trained(cfg: DictConfig, adapter_dir: Path | None, out_dir: Path, l
 
 def _modality_gap(cfg: DictConfig, trained, out_dir: Path, batch_size: int, progress: bool, logger) -> dict:
     """PCA picture + numbers of the image/text embeddings of held-out pairs, base model vs trained."""
-    from mmembed.data.benchmarks.captions import read_caption_config
+    from mmembed.data.evalsets.captions import read_caption_config
     from mmembed.evaluation.modality_gap import gap_stats, pair_embeddings, plot_modality_gap
     from mmembed.inference import Embedder
 
