@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from mmembed.errors import ConfigError
 from mmembed.losses.gather import gather_no_grad, gather_with_grad
+from mmembed.losses.similarity import scores
 
 
 def _check(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> None:
@@ -55,7 +56,7 @@ def relational_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float, cros
         return distributed_relational_kl(student, teacher, tau)
     _check(student, teacher, tau)
     teacher = teacher.detach()
-    return _row_kl(student @ student.T / tau, teacher @ teacher.T / tau)
+    return _row_kl(scores(student, student) / tau, scores(teacher, teacher) / tau)
 
 
 def distributed_relational_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float, group=None) -> torch.Tensor:
@@ -72,4 +73,4 @@ def distributed_relational_kl(student: torch.Tensor, teacher: torch.Tensor, tau:
     teacher = teacher.detach()
     all_student = gather_with_grad(student, group)
     all_teacher = gather_no_grad(teacher, group)  # targets: no graph to keep
-    return _row_kl(student @ all_student.T / tau, teacher @ all_teacher.T / tau)
+    return _row_kl(scores(student, all_student) / tau, scores(teacher, all_teacher) / tau)

@@ -2,6 +2,9 @@
 
 For local query i (global positive index p = rank * B + i) and S = query @ all_targets^T over the
 GLOBAL batch of targets (gathered with gradient, in rank order):
+  0. duplicates: a target j != p with the same target identity as p (`target_ids`: the same text or image)
+     is the positive itself, not a negative: it is never picked and never counted as a false negative
+     (without ids, a copy has S[i, j] == S[i, p], survives the strict filter below and is picked first);
   1. false-negative filter: target j != p is dropped when S[i, j] > S[i, p] + beta (a "negative"
      that beats the positive by more than beta is most likely another valid answer);
   2. hard negatives: the k highest S[i, j] among the remaining j != p;
@@ -28,6 +31,8 @@ import torch.nn.functional as F
 
 from mmembed.errors import ConfigError
 from mmembed.losses.gather import gather_no_grad, gather_with_grad, global_sum, rank_and_world
+from mmembed.losses.similarity import same_target
+from mmembed.losses.similarity import scores as similarity_scores
 
 
 class HardNegativeOutput(NamedTuple):
@@ -38,6 +43,7 @@ class HardNegativeOutput(NamedTuple):
     mean_false_negatives: targets filtered per local query.
     padded_fraction: share of local queries left with fewer than k negatives (padded with -inf logits).
     num_candidates: global targets each query was compared with (the positive included).
+    mean_duplicates: targets per local query that are copies of its positive (same target id), left out.
     """
 
     loss: torch.Tensor
@@ -46,6 +52,7 @@ class HardNegativeOutput(NamedTuple):
     mean_false_negatives: torch.Tensor
     padded_fraction: torch.Tensor
     num_candidates: int
+    mean_duplicates: torch.Tensor | None = None
 
 
 def hard_negative_nce(
@@ -58,6 +65,8 @@ def hard_negative_nce(
     valid: torch.Tensor | None = None,
     extra: torch.Tensor | None = None,
     extra_valid: torch.Tensor | None = None,
+    target_ids: torch.Tensor | None = None,
+    extra_ids: torch.Tensor | None = None,
 ) -> HardNegativeOutput:
     """Mean over local queries of the UniME stage-2 loss; query [B, D] and target [B, D] are local, row i paired.
 
@@ -66,7 +75,8 @@ def hard_negative_nce(
     missing: `valid` [B] bool drops query i and its target column (an unreadable image); `extra_valid` [M]
     drops extra columns (a row without a mined negative carries a placeholder). With `valid`, the loss is
     the sum over this rank's valid queries times W / (valid queries on all ranks), so DDP's gradient
-    average is the mean over the global valid queries, as on one process.
+    average is the mean over the global valid queries, as on one process. `target_ids` [B] / `extra_ids` [M]
+    (int64 target identities, gathered from every rank) mark copies of a query's positive (step 0 above).
     Every rank must call it with the same B (and M) and run backward (the gathers are collectives).
     """
     if tau <= 0:
@@ -82,16 +92,17 @@ def hard_negative_nce(
     if extra is not None:
         all_targets = torch.cat([all_targets, gather_with_grad(extra, group)], dim=0)
     num_candidates = all_targets.shape[0]
-    # at least float32 so the beta comparison and the 1/tau scaling do not suffer bf16 rounding
-    scores = (query @ all_targets.T).to(torch.promote_types(query.dtype, torch.float32))
+    # float32 with autocast off, so the beta comparison and the 1/tau scaling do not suffer bf16 rounding
+    scores = similarity_scores(query, all_targets)
     positive = torch.arange(query.shape[0], device=query.device) + rank * query.shape[0]
     positive_score = scores.gather(1, positive[:, None])
 
     with torch.no_grad():
         is_positive = F.one_hot(positive, num_candidates).bool()
         column_valid = _column_mask(valid, extra, extra_valid, query.shape[0], group, scores.device)
-        false_negative = (scores > positive_score + beta) & ~is_positive & column_valid[None]
-        eligible = ~false_negative & ~is_positive & column_valid[None]
+        duplicate = _duplicates(target_ids, extra_ids, extra, positive, group, scores) & ~is_positive
+        false_negative = (scores > positive_score + beta) & ~is_positive & ~duplicate & column_valid[None]
+        eligible = ~false_negative & ~is_positive & ~duplicate & column_valid[None]
         picked_k = min(k, num_candidates)  # topk cannot pick more columns than exist
         picked = scores.masked_fill(~eligible, float("-inf")).topk(picked_k, dim=1).indices
         picked_ok = eligible.gather(1, picked)
@@ -114,9 +125,10 @@ def hard_negative_nce(
 
     hard_negatives = torch.cat([picked.masked_fill(~picked_ok, -1), picked.new_full(padding.shape, -1)], dim=1)
     filtered = false_negative.sum(dim=1).to(scores.dtype)
+    copies = (duplicate & column_valid[None]).sum(dim=1).to(scores.dtype)
     if valid is not None:  # statistics over the valid queries only
         rows = valid.to(scores.device).bool()
-        filtered, hard_negatives = filtered[rows], hard_negatives[rows]
+        filtered, hard_negatives, copies = filtered[rows], hard_negatives[rows], copies[rows]
     return HardNegativeOutput(
         loss=loss,
         hard_negatives=hard_negatives,
@@ -124,7 +136,22 @@ def hard_negative_nce(
         mean_false_negatives=filtered.mean(),
         padded_fraction=(hard_negatives < 0).any(dim=1).to(scores.dtype).mean(),
         num_candidates=num_candidates,
+        mean_duplicates=copies.mean(),
     )
+
+
+def _duplicates(target_ids, extra_ids, extra, positive, group, scores) -> torch.Tensor:
+    """[B, all candidates] bool: the column holds the same target identity as the row's positive."""
+    if target_ids is None:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    ids = gather_no_grad(target_ids.to(scores.device).long(), group)
+    known = torch.ones_like(ids, dtype=torch.bool)
+    if extra is not None:  # mined negatives without ids are never copies
+        local = extra_ids if extra_ids is not None else torch.zeros(extra.shape[0], dtype=torch.long)
+        gathered = gather_no_grad(local.to(scores.device).long(), group)
+        ids = torch.cat([ids, gathered])
+        known = torch.cat([known, torch.full_like(gathered, extra_ids is not None, dtype=torch.bool)])
+    return same_target(ids[positive], ids) & known[None]
 
 
 def _column_mask(valid, extra, extra_valid, batch: int, group, device) -> torch.Tensor:

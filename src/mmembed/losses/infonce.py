@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mmembed.losses.gather import gather_no_grad, gather_with_grad, global_sum, rank_and_world
+from mmembed.losses.similarity import same_target, scores
 
 
 class InfoNCEOutput(NamedTuple):
@@ -39,6 +40,8 @@ def info_nce(
     temperature: float = 0.05,
     labels: torch.Tensor | None = None,
     cross_device: bool = False,
+    positive_ids: torch.Tensor | None = None,
+    hard_negative_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of each query against all candidates [positives; hard negatives].
 
@@ -49,17 +52,40 @@ def info_nce(
 
     cross_device=True scores the local queries against the candidates of *all* ranks (see
     `distributed_info_nce`); without an initialised process group it is the same as False.
+    positive_ids [N] / hard_negative_ids [M]: target identities (e.g. a hash of the text or image); a
+    candidate with the same identity as query i's positive is the same answer, not a negative, and is
+    masked out of query i's row (without ids nothing is masked).
     """
     if cross_device:
-        return distributed_info_nce(query, positive, hard_negative, temperature, labels).loss
+        return distributed_info_nce(query, positive, hard_negative, temperature, labels,
+                                    positive_ids=positive_ids, hard_negative_ids=hard_negative_ids).loss
     _check_temperature(temperature)
     candidates = positive if hard_negative is None else torch.cat([positive, hard_negative], dim=0)
-    logits = query @ candidates.T / temperature
+    logits = scores(query, candidates) / temperature
     if labels is None:
         if positive.shape[0] != query.shape[0]:
             raise ValueError("without labels, query and positive must have the same batch size")
         labels = torch.arange(query.shape[0], device=query.device)
+    logits = _mask_duplicates(logits, labels, positive_ids, hard_negative_ids, hard_negative)
     return _cross_entropy(logits, labels)
+
+
+def _mask_duplicates(logits, labels, positive_ids, hard_negative_ids, hard_negative) -> torch.Tensor:
+    """-inf where a column holds a copy of the row's own positive (same id), the labelled column excepted.
+
+    positive_ids / hard_negative_ids are the (already gathered) ids of the logit columns, in column order."""
+    if positive_ids is None:
+        return logits
+    ids = positive_ids.to(logits.device)
+    known = torch.ones_like(ids, dtype=torch.bool)
+    if hard_negative is not None:  # hard negatives without ids are never treated as copies
+        extra = hard_negative_ids if hard_negative_ids is not None else torch.zeros(
+            logits.shape[1] - ids.shape[0], dtype=ids.dtype, device=ids.device)
+        known = torch.cat([known, torch.full_like(extra, hard_negative_ids is not None, dtype=torch.bool)])
+        ids = torch.cat([ids, extra.to(ids.device)])
+    duplicate = same_target(ids[labels], ids) & known[None]
+    duplicate[torch.arange(labels.shape[0], device=labels.device), labels] = False
+    return logits.masked_fill(duplicate, float("-inf"))
 
 
 def distributed_info_nce(
@@ -71,6 +97,8 @@ def distributed_info_nce(
     group=None,
     valid: torch.Tensor | None = None,
     hard_negative_valid: torch.Tensor | None = None,
+    positive_ids: torch.Tensor | None = None,
+    hard_negative_ids: torch.Tensor | None = None,
 ) -> InfoNCEOutput:
     """InfoNCE with anchors kept local and candidates gathered from every rank, with gradient.
 
@@ -87,7 +115,8 @@ def distributed_info_nce(
     placeholder); `valid` [B] bool (in-batch setting, N == B) drops query i AND its positive column i
     (an unreadable image, a duplicate). With `valid`, the loss is the sum over this rank's valid queries
     times W / (valid queries on all ranks), so DDP's gradient average is the mean over the global valid
-    queries, as on one process.
+    queries, as on one process. `positive_ids` / `hard_negative_ids` (see `info_nce`) are gathered like the
+    candidates, so a copy of a query's positive on another rank is masked as on one process.
 
     The returned loss is otherwise the mean over this rank's queries. With equal local batches, the mean
     of the ranks' losses equals the single-process loss on the concatenated batch, and DDP's gradient
@@ -106,7 +135,12 @@ def distributed_info_nce(
     if hard_negative is not None:
         candidates = torch.cat([all_positive, gather_with_grad(hard_negative, group)], dim=0)
     global_labels = labels + rank * positive.shape[0]
-    logits = query @ candidates.T / temperature
+    logits = scores(query, candidates) / temperature
+    if positive_ids is not None:
+        with torch.no_grad():
+            all_ids = gather_no_grad(positive_ids.to(logits.device), group)
+            all_hard_ids = None if hard_negative_ids is None else gather_no_grad(hard_negative_ids.to(logits.device), group)
+        logits = _mask_duplicates(logits, global_labels, all_ids, all_hard_ids, hard_negative)
     num_candidates = candidates.shape[0]
     if valid is None and hard_negative_valid is None:
         return InfoNCEOutput(_cross_entropy(logits, global_labels), num_candidates, num_candidates - 1)
