@@ -49,6 +49,7 @@ class RegionTextInfoNCE(ImageTextInfoNCE):
         boxes, usable = row_boxes(featurizer, rows)
         out["images"] = {**out["images"], "region_boxes": boxes}
         out["valid"] = out["valid"] & torch.tensor(usable)
+        out["usable"] = out["usable"] & torch.tensor(usable)
         return out
 
 
