@@ -89,7 +89,7 @@ def _load(src: ImageSource, max_pixels: int | None, formats: tuple[str, ...]) ->
         try:
             src.load()
             return to_rgb(src)
-        except BadImageError:
+        except (BadImageError, MemoryError):  # out of memory is the machine's problem, not the image's
             raise
         except Exception as err:  # a lazily opened image can still fail to decode here
             raise BadImageError(name, f"cannot decode: {type(err).__name__}: {err}") from err
@@ -109,7 +109,7 @@ def _load(src: ImageSource, max_pixels: int | None, formats: tuple[str, ...]) ->
             _check_pixels(name, img.size, max_pixels)
             img.load()  # decode every pixel now: a truncated or corrupt file fails here, not later
             return to_rgb(img)
-    except BadImageError:
+    except (BadImageError, MemoryError):  # out of memory is the machine's problem, not the image's
         raise
     except Image.DecompressionBombError as err:
         raise BadImageError(name, f"too large: {err}") from err

@@ -178,8 +178,13 @@ def build_prefix_cache(embedder, mode: str | bool = "auto", min_cos: float = 0.9
                 backbone.body, prefix, backbone.tokenizer.pad_token_id, embedder.device, pooler=embedder.pooler
             )
             why = verify(embedder, cache, min_cos)
-        except (TypeError, ValueError, RuntimeError, AttributeError) as err:  # a decoder without cache support
+        except (TypeError, ValueError, RuntimeError, AttributeError) as err:
+            # A family listed as cache-capable that fails here usually means a transformers upgrade changed the
+            # decoder's cache API: say so loudly (the plain forward still gives the same vectors, only slower).
             why = f"{type(err).__name__}: {err}"
+            log.warning("prefix caching failed for %s (family %s, which supports it): %s. Falling back to the "
+                        "plain forward (same vectors, slower); check the installed transformers version.",
+                        backbone.name_or_path, backbone.family, why)
     if why is not None:
         if mode is True:
             raise RuntimeError(f"prefix caching is not available for {backbone.name_or_path}: {why}")
