@@ -20,6 +20,12 @@ import lightning as L
 log = logging.getLogger(__name__)
 
 
+def rank_share(at_read: int, in_batches: int, rank: int) -> int:
+    """This rank's part of the global skip count, which the log sums over ranks: every rank reads the whole
+    training file (the same read-time skips on each), but loads only its own shard's batches."""
+    return (at_read if rank == 0 else 0) + in_batches
+
+
 class DataQualityMonitor(L.Callback):
     def __init__(self) -> None:
         self.batch_skipped = 0
@@ -40,9 +46,8 @@ class DataQualityMonitor(L.Callback):
         at_read = counter.count if counter is not None else 0
         entry = {"epoch": trainer.current_epoch, "skipped": at_read + self.batch_skipped, "truncated": self.truncated}
         self.history.append(entry)
-        # Each rank counts its own shard's skips: the logged number is their sum over ranks.
-        pl_module.log("data/skipped", float(entry["skipped"]), on_step=False, on_epoch=True, sync_dist=True,
-                      reduce_fx="sum")
+        pl_module.log("data/skipped", float(rank_share(at_read, self.batch_skipped, trainer.global_rank)),
+                      on_step=False, on_epoch=True, sync_dist=True, reduce_fx="sum")
         pl_module.log("data/truncated", float(entry["truncated"]), on_step=False, on_epoch=True, sync_dist=True,
                       reduce_fx="sum")
         if entry["skipped"] and len(self.history) == 1 and counter is not None:
