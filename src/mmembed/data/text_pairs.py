@@ -1,4 +1,5 @@
-"""SimCSE-format text pairs (`sent0,sent1[,hard_neg]`) read with `datasets`, and their collator.
+"""SimCSE-format text pairs (`sent0,sent1[,hard_neg]`) read with `datasets` (the source and its row preparer:
+`mmembed.data.sources.text_pairs`).
 
 Works unchanged on SimCSE's `nli_for_simcse.csv` (275k triplets) and on the SNLI triplets in the
 shared data folder; csv / tsv / json / jsonl / parquet files, or a hub dataset id where a hub is reachable.
@@ -66,6 +67,9 @@ def load_text_pairs(
             ds = datasets.load_dataset(builder, data_files=[str(p) for p in local], split=split, **kwargs)
         except Exception as err:  # pandas / pyarrow parse errors surface wrapped in DatasetGenerationError
             cause = err.__cause__ or err
+            if not isinstance(cause, (ValueError, csv.Error)):  # pandas ParserError, ArrowInvalid, bad bytes
+                raise  # not the file's content (out of memory, a datasets bug): keep the whole traceback
+            log.debug("parsing %s as %s failed", files, builder, exc_info=True)
             raise DataConfigError(f"cannot parse {files} as {builder}: {type(cause).__name__}: {cause}") from err
     elif len(files) == 1:
         ds = datasets.load_dataset(files[0], split=split)  # a hub dataset id
