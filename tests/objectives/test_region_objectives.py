@@ -105,7 +105,6 @@ def test_region_captioning_loss_equals_a_forward_with_the_roi_prefix_written_in_
     assert same.item() == pytest.approx(whole.item(), abs=1e-6)
 
 
-@pytest.mark.slow  # reads the region boxes of all 3,513 train images (~10 s) and trains 2 steps
 def test_a_box_in_the_cropped_off_strip_leaves_its_row_out(mmgem):
     tall = Image.fromarray(np.zeros((80, 40, 3), dtype=np.uint8))  # 40 x 80: the crop keeps rows 20..60
     rows = _rows() + [{"image": tall, "image_key": "t#box", "text": "a hat", "box": (0.0, 0.0, 40.0, 10.0)}]
@@ -113,8 +112,14 @@ def test_a_box_in_the_cropped_off_strip_leaves_its_row_out(mmgem):
     assert contrastive["valid"].tolist() == [True, True, True, False]
     captioning = RegionCaptioning(instruction="<image>").features(mmgem.featurizer, rows)
     assert captioning["input_ids"].shape[0] == 3 and captioning["region_boxes"].shape == (3, 4)
+    # the rejected box is counted (logged as train/boxes_rejected), not silently masked
+    assert contrastive["boxes_rejected"] == captioning["boxes_rejected"] == 1
+    with torch.no_grad():
+        out = RegionCaptioning(instruction="<image>")(mmgem, captioning, StepContext())
+    assert out.metrics["boxes_rejected"] == 1.0
 
 
+@pytest.mark.slow  # reads the region boxes of all 3,513 train images (~10 s) and trains 2 steps
 def test_experiment_mmgem_regions_trains_on_region_rows_and_its_arms_drop_a_part(tiny_smol_llava_dir, tmp_path):
     from hydra.utils import instantiate
     from omegaconf import open_dict
@@ -135,9 +140,8 @@ def test_experiment_mmgem_regions_trains_on_region_rows_and_its_arms_drop_a_part
     summary = run_training(cfg)
     assert summary["global_step"] == 2
     assert {"train/image_text/loss", "train/captioning/loss"} <= set(summary["metrics"])
-    for experiment, parts in (("mmgem_regions_embedding_only", ["image_text"]),
-                              ("mmgem_regions_captioning_only", ["captioning"])):
-        objective = instantiate(compose_train([f"experiment={experiment}"], tmp_path / experiment).objective,
+    for arm, parts in (("embedding_only", ["image_text"]), ("captioning_only", ["captioning"])):
+        objective = instantiate(compose_train(["experiment=mmgem_regions", f"arm={arm}"], tmp_path / arm).objective,
                                 _convert_="all")
         assert sorted(objective.parts) == parts
         assert type(objective.parts[parts[0]]).__name__ in ("RegionTextInfoNCE", "RegionCaptioning")

@@ -39,6 +39,11 @@ def row_boxes(featurizer, rows: Sequence[dict]) -> tuple[torch.Tensor, list[bool
     return torch.tensor(boxes, dtype=torch.float32), usable
 
 
+def rejected(rows: Sequence[dict], usable: Sequence[bool]) -> int:
+    """Boxed rows the mapping refused (logged as train/boxes_rejected, so a masked row is never silent)."""
+    return sum(1 for row, ok in zip(rows, usable) if not ok and row.get("box") is not None)
+
+
 class RegionTextInfoNCE(ImageTextInfoNCE):
     """ImageTextInfoNCE over (image or region, text) rows: a region row's candidate is its region vector."""
 
@@ -50,6 +55,12 @@ class RegionTextInfoNCE(ImageTextInfoNCE):
         out["images"] = {**out["images"], "region_boxes": boxes}
         out["valid"] = out["valid"] & torch.tensor(usable)
         out["usable"] = out["usable"] & torch.tensor(usable)
+        out["boxes_rejected"] = rejected(rows, usable)
+        return out
+
+    def loss(self, embeddings: Sequence[torch.Tensor], features: dict, ctx: StepContext) -> ObjectiveOutput:
+        out = super().loss(embeddings, features, ctx)
+        out.metrics["boxes_rejected"] = float(features.get("boxes_rejected", 0))
         return out
 
 
@@ -63,9 +74,13 @@ class RegionCaptioning(Captioning):
         boxes, usable = row_boxes(featurizer, opened)
         kept = [row for row, ok in zip(opened, usable) if ok]
         out = super().features(featurizer, kept)  # rows whose image did not open are left out too
-        return {**out, "region_boxes": boxes[torch.tensor(usable, dtype=torch.bool)]}
+        return {**out, "region_boxes": boxes[torch.tensor(usable, dtype=torch.bool)],
+                "boxes_rejected": rejected(opened, usable)}
 
     def __call__(self, embedder, features: dict, ctx: StepContext) -> ObjectiveOutput:
         features = dict(features)
+        boxes_rejected = features.pop("boxes_rejected", 0)
         with region_route(embedder.backbone.body, features.pop("region_boxes")):
-            return super().__call__(embedder, features, ctx)
+            out = super().__call__(embedder, features, ctx)
+        out.metrics["boxes_rejected"] = float(boxes_rejected)
+        return out
