@@ -89,9 +89,16 @@ def test_max_length_override_cuts_inputs():
 @pytest.mark.slow
 def test_stsb_test_spearman(data_root):
     """The whole STS-B test split (1,379 pairs) through the evaluation runner: 82.03 (about 90 s on 2 CPUs)."""
-    from mmembed.evaluation.tasks_text import run_sts
+    from mmembed.evaluation.benchmarks.sts import STSBenchmark
 
-    cfg = {"name": "stsb", "format": "stsb", "path": str(data_root / "sts" / "senteval_processed" / "STSBenchmark")}
-    result = run_sts(MeanPoolTextEmbedder().eval(), cfg, batch_size=32, progress=False)
+    bench = STSBenchmark(name="stsb", format="stsb", path=str(data_root / "sts" / "senteval_processed" / "STSBenchmark"))
+    result = bench.run(MeanPoolTextEmbedder().eval(), batch_size=32, progress=False)
     assert result["protocol"]["pairs"] == 1379
     assert result["metrics"]["spearman"] == pytest.approx(82.03, abs=0.01)
+
+
+def test_capabilities_say_text_only(embedder):
+    from mmembed.models.encoder import capabilities
+
+    # sentence-transformers' model has no image path: evaluation must refuse image benchmarks for it
+    assert capabilities(embedder) == frozenset({"text"})

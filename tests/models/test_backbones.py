@@ -14,7 +14,7 @@ from PIL import Image
 
 from mmembed.models.backbones import BackboneLoadError, drop_vision, load_backbone, vision_modules
 from mmembed.models.embedder import MLLMEmbedder
-from tests.tiny_models import TINY_BUILDERS, TINY_TEXT
+from tests.tiny_models import TINY_TEXT, TRANSFORMERS_FAMILIES, build_tiny
 
 HIDDEN = TINY_TEXT["hidden_size"]
 VLM_FAMILIES = ["llava_next", "llava", "qwen2_vl", "idefics3"]
@@ -38,7 +38,7 @@ IMAGE_TOKENS = {
 def tiny_dirs(smol_tokenizer_dir, tmp_path_factory):
     """family -> folder of its tiny checkpoint (built once for this module)."""
     root = tmp_path_factory.mktemp("tiny_backbones")
-    return {family: build(smol_tokenizer_dir, root / family) for family, build in TINY_BUILDERS.items()}
+    return {family: build_tiny(family, smol_tokenizer_dir, root / family) for family in TRANSFORMERS_FAMILIES}
 
 
 def _image(seed: int, size=(48, 40)) -> Image.Image:
@@ -51,7 +51,7 @@ def _body_last_hidden(backbone, inputs) -> torch.Tensor:
         return backbone.body(**inputs, use_cache=False).last_hidden_state
 
 
-@pytest.mark.parametrize("family", list(TINY_BUILDERS))
+@pytest.mark.parametrize("family", TRANSFORMERS_FAMILIES)
 def test_tiny_checkpoint_is_a_standard_save_pretrained_folder(tiny_dirs, family):
     folder = tiny_dirs[family]
     config = json.loads((folder / "config.json").read_text())
@@ -64,7 +64,7 @@ def test_tiny_checkpoint_is_a_standard_save_pretrained_folder(tiny_dirs, family)
         assert processor_config["processor_class"] == expected
 
 
-@pytest.mark.parametrize("family", list(TINY_BUILDERS))
+@pytest.mark.parametrize("family", TRANSFORMERS_FAMILIES)
 def test_load_backbone_family_and_text_hidden_states(tiny_dirs, family):
     backbone = load_backbone(str(tiny_dirs[family]))
     assert backbone.family == family
@@ -222,7 +222,7 @@ def test_qwen2_vl_processor_loads_without_torchvision(tiny_dirs):
 
 def test_default_with_a_projector_suffix_names_that_recipe_s_folder(tmp_path):
     from mmembed.errors import ConfigError
-    from mmembed.models.backbones import resolve_name_or_path
+    from mmembed.models.model_sources import resolve_name_or_path
     from mmembed.models.smol_llava.assembly import MARKER, RECIPES
 
     for recipe in RECIPES.values():  # prepared folders (marker + config) are used as they are, not rebuilt

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mmembed.models.backbones import load_backbone
 from mmembed.models.embedder import MLLMEmbedder
-from tests.tiny_models import build_tiny_llava_next
+from tests.tiny_models import build_tiny
 
 TEXTS = [
     "A cat.",
@@ -49,7 +49,7 @@ def assert_rows_match(got: torch.Tensor, expected: torch.Tensor, min_cos: float 
 
 @pytest.fixture(scope="module")
 def tiny_llava_next_dir(smol_tokenizer_dir, tmp_path_factory) -> Path:
-    return build_tiny_llava_next(smol_tokenizer_dir, tmp_path_factory.mktemp("tiny_llava_next"))
+    return build_tiny("llava_next", smol_tokenizer_dir, tmp_path_factory.mktemp("tiny_llava_next"))
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,8 @@ class TowerLabeller:
     """Images -> "a photo of X, Y, Z": EfficientNet-Lite0's packaged head's top-k ImageNet classes."""
 
     def __init__(self, top_k: int = 3, template: str = "a photo of {}", data_root: str | None = None):
-        from mmembed.models.smol_llava.assembly import build_image_processor, imagenet_class_names
+        from mmembed.models.smol_llava.assembly import imagenet_class_names
+        from mmembed.models.smol_llava.processor import build_image_processor
         from mmembed.models.smol_llava.tower import load_packaged_efficientnet_lite0
 
         if top_k < 1:
@@ -53,6 +54,8 @@ def _check_plain_images(kind: str) -> None:
 class LabelTextEmbedder(SentenceTransformerTextEmbedder):
     """`encode_text` as the text model; `encode_image(images)` = encode_text(label_texts(images))."""
 
+    modalities = frozenset({"text", "image"})
+
     def __init__(self, folder: str | None = None, top_k: int = 3, template: str = "a photo of {}",
                  max_length: int | None = None, data_root: str | None = None):
         super().__init__(folder, max_length=max_length)
@@ -71,6 +74,8 @@ class LLMLabelTextEmbedder(nn.Module):
 
     It has no `encode` method on purpose: the evaluation runner then calls encode_text / encode_image.
     """
+
+    modalities = frozenset({"text", "image"})
 
     def __init__(self, model: str = "default", adapter: str | None = None, dtype: str = "auto", top_k: int = 3,
                  template: str = "a photo of {}", data_root: str | None = None):

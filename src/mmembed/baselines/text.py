@@ -28,6 +28,8 @@ class SentenceTransformerTextEmbedder(nn.Module):
     inference Embedder and calls `encode_text` on everything else.
     """
 
+    modalities = frozenset({"text"})
+
     def __init__(self, folder: str | Path | None = None, max_length: int | None = None, device: str = "cpu"):
         super().__init__()
         from sentence_transformers import SentenceTransformer

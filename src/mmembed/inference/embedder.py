@@ -107,6 +107,11 @@ class Embedder:
         return self.embedder.device
 
     @property
+    def modalities(self) -> frozenset[str]:
+        """What the model encodes: {"text"} for a text-only load, else {"text", "image"}."""
+        return self.embedder.modalities
+
+    @property
     def prompts(self) -> PromptConfig:
         return self.embedder.renderer.config
 

@@ -48,6 +48,13 @@ class MLLMEmbedder(nn.Module):
         return self.featurizer.renderer
 
     @property
+    def modalities(self) -> frozenset[str]:
+        """What this embedder encodes (models/encoder.py's `capabilities` reads it): texts always, images only
+        with a vision tower loaded (not a causal LM, not model.text_only=true)."""
+        images = self.featurizer.supports_images and self.backbone.supports_images
+        return frozenset({"text", "image"} if images else {"text"})
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

@@ -17,9 +17,10 @@ import logging
 from dataclasses import dataclass, field
 
 from mmembed.errors import ConfigError
-from mmembed.models.backbones import BackboneLoadError, load_backbone, load_featurizer, projector_module
+from mmembed.models.backbones import BackboneLoadError, load_backbone, projector_module
 from mmembed.models.embedder import MLLMEmbedder
 from mmembed.models.featurizer import Featurizer
+from mmembed.models.model_sources import load_processor_parts
 from mmembed.models.prompts import PromptConfig, saved_prompts
 
 log = logging.getLogger(__name__)
@@ -78,21 +79,28 @@ def resolve_prompts(spec: ModelSpec, model_folder: str | None = None) -> tuple[P
 
 
 def build_featurizer(spec: ModelSpec) -> Featurizer:
-    """The spec's featurizer (tokenizer, processor, resolved prompts), without loading any weights."""
+    """The spec's featurizer (tokenizer, processor, resolved prompts), without loading any weights.
+
+    Built once, with its final prompts and class: the extension adjusts the processor before, not a copy after."""
     try:
-        featurizer = load_featurizer(spec.name_or_path, text_only=spec.text_only, trust_remote_code=spec.trust_remote_code,
+        parts = load_processor_parts(spec.name_or_path, trust_remote_code=spec.trust_remote_code,
                                      padding_side=spec.padding_side, cache_dir=spec.cache_dir)
     except BackboneLoadError as err:
         if spec.how_to_get:
             raise BackboneLoadError(f"{err}; {spec.how_to_get}") from err
         raise
+    supports_images = not spec.text_only and parts.image_token is not None
+    featurizer_class = Featurizer
     if spec.extension is not None:
-        featurizer = spec.extension.featurizer(featurizer)
-    prompts, source = resolve_prompts(spec, featurizer.name_or_path)
+        spec.extension.prepare_processor(parts.processor, parts.tokenizer, supports_images)
+        featurizer_class = spec.extension.featurizer_class
+    prompts, source = resolve_prompts(spec, parts.source)
+    featurizer = featurizer_class(parts.processor, parts.tokenizer, parts.family, parts.image_token, prompts,
+                                  parts.source, supports_images=supports_images)
     where = {"explicit": "given explicitly", "adapter": "saved with the adapter", "model": "saved with the model",
              "default": "the configured default"}[source]
-    log.info("prompts %s; a text renders as %r", where, featurizer.with_prompts(prompts).renderer.render("text", "<sent>"))
-    return featurizer.with_prompts(prompts)
+    log.info("prompts %s; a text renders as %r", where, featurizer.renderer.render("text", "<sent>"))
+    return featurizer
 
 
 def refuse_extension_adapter(adapter: str) -> None:

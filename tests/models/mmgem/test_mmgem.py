@@ -85,6 +85,7 @@ def test_h1_and_h2_equal_the_hand_computation_and_emb_starts_at_the_mean_row(tin
         assert torch.allclose(body.get_image_features(pixel_values=pixels), h2_by_hand, atol=1e-5)
 
 
+@pytest.mark.slow  # optimizer steps on MM-GEM, then a save and a reload
 def test_lora_trains_the_emb_row_heads_and_adapters_only_and_the_adapter_folder_restores_them(
         tiny_smol_llava_dir, tmp_path):
     embedder = _trained(tiny_smol_llava_dir)
@@ -151,6 +152,7 @@ def test_llm_image_route_and_refusals(tiny_smol_llava_dir):
         MMGEMExtension(image_embedding="clip")
 
 
+@pytest.mark.slow  # a training run
 def test_experiment_mmgem_trains_two_steps_and_writes_an_adapter_that_loads(tiny_smol_llava_dir, tmp_path):
     cfg = compose_train(["experiment=mmgem", f"model.name_or_path={tiny_smol_llava_dir}", "trainer.max_steps=2",
                          "data.batch_size=4", "data.val_sts_dir=null", "validate_before_training=false", "~logger",
@@ -170,13 +172,12 @@ def test_experiment_mmgem_trains_two_steps_and_writes_an_adapter_that_loads(tiny
 def test_conflict_arms_leave_the_zero_weighted_part_out(tmp_path):
     from hydra.utils import instantiate
 
-    arms = {"mmgem": ["captioning", "image_text"], "mmgem_embedding_only": ["image_text"],
-            "mmgem_captioning_only": ["captioning"]}
-    for experiment, parts in arms.items():
-        cfg = compose_train([f"experiment={experiment}"], tmp_path / experiment)
+    arms = {"joint": ["captioning", "image_text"], "embedding_only": ["image_text"], "captioning_only": ["captioning"]}
+    for arm, parts in arms.items():
+        cfg = compose_train(["experiment=mmgem", f"arm={arm}"], tmp_path / arm)
         objective = instantiate(cfg.objective, _convert_="all")
-        assert sorted(objective.parts) == parts, experiment
-        assert objective.disabled == sorted(set(arms["mmgem"]) - set(parts))
+        assert sorted(objective.parts) == parts, arm
+        assert objective.disabled == sorted(set(arms["joint"]) - set(parts))
     with pytest.raises(ConfigError, match="at least one part"):
         WeightedSum({"a": contrastive_part()}, weights={"a": 0.0})
 
@@ -188,9 +189,9 @@ def contrastive_part() -> ImageTextInfoNCE:
 def test_the_same_recipe_on_a_llava_checkpoint(smol_tokenizer_dir, tmp_path):
     """A LLaVA-1.5 folder (CLIP tower, 4x4 = 16 tokens after the CLS is dropped): h2 is its own projector,
     the prefix is grid x grid, h1 embeds images outside the LLM, and the adapter round-trips."""
-    from tests.tiny_models import build_tiny_llava
+    from tests.tiny_models import build_tiny
 
-    folder = build_tiny_llava(smol_tokenizer_dir, tmp_path / "llava")
+    folder = build_tiny("llava", smol_tokenizer_dir, tmp_path / "llava")
     spec = lambda **kw: _spec(folder, extension={"grid": 2}, **kw)  # noqa: E731
     embedder = build_embedder(spec(), trainable=True, lora=LoraSpec(r=4, alpha=8, dropout=0.0))
     featurizer = embedder.featurizer

@@ -14,8 +14,8 @@ from mmembed.errors import ConfigError, DataConfigError
 from mmembed.inference.captioner import Captioner
 from mmembed.models.factory import ModelSpec, build_embedder
 from mmembed.models.mmgem.extension import MMGEMExtension, normalised_boxes, region_route
-from mmembed.models.mmgem.pool_aggregator import roi_align
 from mmembed.models.mmgem.region_boxes import processed_box
+from mmembed.models.mmgem.roi_align import roi_align
 from mmembed.models.prompts import PromptConfig
 from tests.inference.test_captioner import greedy_by_hand
 
@@ -88,6 +88,7 @@ def test_region_embeddings_and_region_prefixes_equal_the_hand_computation(mmgem)
     assert not torch.allclose(whole, expected_prefix, atol=1e-3)  # outside the route: the whole image again
 
 
+@pytest.mark.slow  # greedy generation against a step-by-step loop
 def test_region_captions_equal_a_greedy_loop_over_the_region_prefixed_logits(mmgem):
     images, steps = _images(), 5
     got = Captioner(mmgem, instruction="<image>", max_new_tokens=steps).caption(images, batch_size=2, boxes=BOXES)

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from mmembed.errors import ConfigError, DataConfigError
-from mmembed.models.mmgem.pool_aggregator import PoolAggregator, roi_align
+from mmembed.models.mmgem.pool_aggregator import PoolAggregator
+from mmembed.models.mmgem.roi_align import roi_align
 
 ATOL = 1e-12
 

@@ -182,7 +182,8 @@ def test_unknown_projector_type_is_a_config_error():
 
 
 def test_grounded_folder_round_trips_and_old_folders_without_projector_type_load_as_mlp(tmp_path):
-    from mmembed.models.smol_llava.modeling import SmolLlavaForConditionalGeneration, SmolLlavaProjector
+    from mmembed.models.smol_llava.modeling import SmolLlavaForConditionalGeneration
+    from mmembed.models.smol_llava.projectors.mlp import MLPProjector
 
     model = tiny_grounded(grounded_pool="blend", grounded_learn_mlp_weight=False, grounded_mlp_weight=0.0)
     with torch.no_grad():
@@ -206,7 +207,7 @@ def test_grounded_folder_round_trips_and_old_folders_without_projector_type_load
     config_file.write_text(json.dumps(config))
     reloaded = SmolLlavaForConditionalGeneration.from_pretrained(tmp_path / "old").eval()
     assert reloaded.config.projector_type == "mlp"
-    assert type(reloaded.model.multi_modal_projector) is SmolLlavaProjector
+    assert type(reloaded.model.multi_modal_projector) is MLPProjector
     assert torch.equal(reloaded.model.get_image_features(vision_features=features),
                        old.model.get_image_features(vision_features=features))
 

@@ -105,14 +105,14 @@ def test_an_image_reads_to_the_llm_exactly_as_its_label_text_written_into_the_pr
     # the last three tokens (the prompt after the image) see identical contexts
     torch.testing.assert_close(image[:, -3:], text[:, -3:], atol=1e-5, rtol=1e-5)
     # without the holes taken out the LLM would see something else: the equality is not automatic
-    from mmembed.models.smol_llava.modeling import _holes
+    from mmembed.models.smol_llava.holes import holes_of
 
     with torch.no_grad():
         tokens, valid = model.model.project_images(vision_features=maps)
         embeds = model.get_input_embeddings()(image_ids).masked_scatter(
             (image_ids == IMAGE_ID).unsqueeze(-1), tokens.reshape(-1, tokens.shape[-1]))
         plain = model.model.language_model(inputs_embeds=embeds, attention_mask=image_mask).last_hidden_state
-    assert _holes(image_ids, IMAGE_ID, valid).sum() == 2 * span - 8 - 6
+    assert holes_of(image_ids, IMAGE_ID, valid).sum() == 2 * span - 8 - 6
     assert (plain[:, -1] - text[:, -1]).abs().max() > 1e-3
 
 

@@ -26,9 +26,6 @@ queries, `image_embedding: llm`) goes through the LLM and the pooler, E5-V style
 
 from __future__ import annotations
 
-import copy
-import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -39,64 +36,20 @@ from mmembed.errors import ConfigError
 from mmembed.models.backbones import projector_module, unwrap
 from mmembed.models.embedder import MLLMEmbedder
 from mmembed.models.featurizer import Featurizer
-from mmembed.models.mmgem.pool_aggregator import PoolAggregator
+from mmembed.models.mmgem.heads import MMGEMVisionHeads, global_route, region_route
 
 IMAGE_EMBEDDINGS = ("h1", "llm")
 # Prompt kinds whose inputs are a lone image (no text): the dual tower embeds these with h1.
 IMAGE_ONLY_KINDS = ("image", "cir_target", "fiq_target")
 
 
-class MMGEMVisionHeads(nn.Module):
-    """Stands where the projector stood: tower tokens [B, N, C] -> PoolAggregator -> h2 prefix [B, g*g, D]
-    (the LLM path), or, inside `_global_route(body)`, h1(global vector) as [B, 1, D] (the image embedding).
-    Inside `region_route(body, boxes)` (one normalised box per image) the same two paths read the box's
-    RoI-pooled tokens instead: h2(g x g region tokens) as the caption prefix, h1(region vector)."""
-
-    def __init__(self, h2: nn.Module, vision_dim: int, hidden: int, grid: int = 3, mode: str = "avg", seed: int = 0):
-        super().__init__()
-        self.aggregator = PoolAggregator(vision_dim, grid=grid, mode=mode)
-        self.h2 = h2
-        generator = torch.Generator().manual_seed(seed)
-        self.h1 = nn.Sequential(nn.Linear(vision_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        with torch.no_grad():  # nn.Linear's own init, but from a fixed generator
-            for layer in (self.h1[0], self.h1[2]):
-                bound = 1 / math.sqrt(layer.in_features)
-                layer.weight.copy_(torch.empty_like(layer.weight).uniform_(-bound, bound, generator=generator))
-                layer.bias.copy_(torch.empty_like(layer.bias).uniform_(-bound, bound, generator=generator))
-        self.to(next(h2.parameters()).dtype)
-        self._global = False  # set by _global_route while an image embedding is computed
-        self._boxes: torch.Tensor | None = None  # set by region_route: [B, 5] normalised boxes
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        side = math.isqrt(tokens.shape[1])
-        if side * side != tokens.shape[1]:
-            raise ValueError(f"MM-GEM pools a square token grid; got {tokens.shape[1]} vision tokens")
-        if self._boxes is None:
-            pooled = self.aggregator(tokens, hw=(side, side))
-            if self._global:
-                return self.h1(pooled.global_vector).unsqueeze(1)
-            return self.h2(pooled.prefix_tokens)
-        if len(self._boxes) != len(tokens):
-            raise ValueError(f"region_route needs one box per image: {len(self._boxes)} boxes, {len(tokens)} images")
-        boxes = self._boxes.to(tokens.device)
-        whole = torch.isnan(boxes[:, 1:]).any(dim=1)  # rows without a box keep the whole image
-        full = boxes.new_tensor([0.0, 0.0, 1.0, 1.0]).expand(len(boxes), 4)
-        boxes = torch.cat([boxes[:, :1], torch.where(whole[:, None], full, boxes[:, 1:])], dim=1)
-        pooled = self.aggregator(tokens, boxes=boxes, hw=(side, side))
-        if self._global:
-            vector = torch.where(whole[:, None], pooled.global_vector, pooled.region_vector)
-            return self.h1(vector).unsqueeze(1)
-        regions = pooled.region_tokens.flatten(2).transpose(1, 2)
-        return self.h2(torch.where(whole[:, None, None], pooled.prefix_tokens, regions))
-
-
 @dataclass
 class MMGEMExtension:
     """`model.extension` of conf/model/mmgem.yaml: what turns a loaded LLaVA-style model into MM-GEM.
 
-    The model factory calls `featurizer()` when it builds the featurizer, `prepare_model()` right after
-    the weights load (before a saved adapter attaches, whose keys expect the new token row and heads),
-    `lora_options()` when fresh LoRA is added, and `embedder()` last."""
+    The model factory calls `prepare_processor()` before it builds the featurizer (of `featurizer_class`),
+    `prepare_model()` right after the weights load (before a saved adapter attaches, whose keys expect the new
+    token row and heads), `lora_options()` when fresh LoRA is added, and `embedder()` last."""
 
     emb_token: str = "[EMB]"
     grid: int = 3
@@ -111,13 +64,13 @@ class MMGEMExtension:
             raise ConfigError(f"model.extension.grid={self.grid} must be >= 1")
 
     # ---- featurizer: the [EMB] token and a g*g image placeholder run ----
-    def featurizer(self, featurizer: Featurizer) -> Featurizer:
-        tokenizer = featurizer.tokenizer
+    def prepare_processor(self, processor, tokenizer, supports_images: bool) -> None:
+        """Add [EMB] to the tokenizer and make the processor write g*g placeholders, in place, before the
+        factory builds the featurizer (of `featurizer_class`) from them."""
         if self.emb_token not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [self.emb_token]},
                                          replace_extra_special_tokens=False)
-        processor = featurizer.processor
-        if featurizer.supports_images and hasattr(processor, "patch_size"):
+        if supports_images and hasattr(processor, "patch_size"):
             # LlavaProcessor writes (size // patch_size)^2 placeholders per image (+ CLS - CLS under the
             # "default" feature selection): size // g as the patch gives exactly g*g, matching the prefix.
             size = _image_side(processor.image_processor)
@@ -125,10 +78,10 @@ class MMGEMExtension:
             if getattr(processor, "vision_feature_select_strategy", None) == "full":
                 # no CLS token to count: a label-word base writes its span as 1 patch + extra tokens
                 processor.num_additional_image_tokens = 0
-        cls = MMGEMFeaturizer if self.image_embedding == "h1" else Featurizer
-        out = copy.copy(featurizer)
-        out.__class__ = cls
-        return out
+
+    @property
+    def featurizer_class(self) -> type[Featurizer]:
+        return MMGEMFeaturizer if self.image_embedding == "h1" else Featurizer
 
     def emb_token_id(self, tokenizer) -> int:
         return int(tokenizer.convert_tokens_to_ids(self.emb_token))
@@ -195,53 +148,13 @@ class MMGEMEmbedder(MLLMEmbedder):
         if "input_ids" in inputs:
             return super().forward(**inputs)
         body, device = self.backbone.body, self.device
-        with _global_route(body):
+        with global_route(body):
             features = body.get_image_features(**{k: v.to(device) for k, v in inputs.items()})
         # LLaVA returns a ModelOutput whose pooler_output holds the projector's output; SmolLlava the tensor
         features = getattr(features, "pooler_output", features)
         if isinstance(features, (list, tuple)):
             features = torch.cat([f.reshape(-1, f.shape[-1]) for f in features]).unsqueeze(1)
         return F.normalize(features[:, 0].float(), dim=-1)
-
-
-def _heads(body: nn.Module, what: str) -> list[MMGEMVisionHeads]:
-    """Every MMGEMVisionHeads under `body`: the plain one, or peft's original and trained copies."""
-    heads = [m for m in body.modules() if isinstance(m, MMGEMVisionHeads)]
-    if not heads:
-        raise ConfigError(f"this model has no MM-GEM heads (model=mmgem builds them): {what}")
-    return heads
-
-
-@contextmanager
-def _global_route(body: nn.Module):
-    """Route the heads to h1: an image (or, inside region_route, a region) embedding."""
-    heads = _heads(body, "images cannot take the h1 path")
-    for h in heads:
-        h._global = True
-    try:
-        yield
-    finally:
-        for h in heads:
-            h._global = False
-
-
-@contextmanager
-def region_route(body: nn.Module, boxes: torch.Tensor):
-    """Inside: every image the heads see is replaced by its box's RoI-pooled region (boxes [B, 4]
-    normalised, one per image, in batch order; a row of NaN keeps that whole image): region captions
-    through h2, region embeddings through h1."""
-    heads = _heads(body, "region captions and embeddings need the PoolAggregator's RoI pooling")
-    boxes = torch.as_tensor(boxes, dtype=torch.float32)
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"region_route takes [B, 4] boxes (x1, y1, x2, y2), got shape {tuple(boxes.shape)}")
-    indexed = torch.cat([torch.arange(len(boxes), dtype=boxes.dtype)[:, None], boxes], dim=1)
-    for h in heads:
-        h._boxes = indexed
-    try:
-        yield
-    finally:
-        for h in heads:
-            h._boxes = None
 
 
 def normalised_boxes(images, boxes, featurizer: Featurizer) -> torch.Tensor:

@@ -18,12 +18,16 @@ is used until alignment trains it) all fine-tune under the captioning loss.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 
 from mmembed.errors import ConfigError
+from mmembed.models.smol_llava.projectors.base import AssemblyParts, Projector, ProjectorKind, ProjectorSettings
+from mmembed.models.smol_llava.projectors.mlp import mlp_of
 
 # Where each token's class probabilities come from: its own 7x7 cell ("patch"), the whole image
 # ("image": the head on mean-pooled features, which is how the head was trained), or the mean of both.
@@ -42,7 +46,7 @@ def top_k_probabilities(logits: torch.Tensor, top_k: int, temperature: float) ->
     return torch.zeros_like(scaled).scatter(-1, index, values.softmax(dim=-1))
 
 
-class GroundedProjector(nn.Module):
+class GroundedProjector(Projector):
     """Vision features [B, N, vision_dim] -> LLM input tokens [B, N, hidden_size] via class-name embeddings."""
 
     def __init__(
@@ -74,6 +78,7 @@ class GroundedProjector(nn.Module):
         else:
             self.register_buffer("mlp_weight", weight)
         self.learn_mlp_weight = bool(learn_mlp_weight)
+        self.initial_mlp_weight = float(mlp_weight)
 
     def class_probabilities(self, features: torch.Tensor) -> torch.Tensor:
         """[B, N, vision_dim] -> [B, N, num_classes] sparse probabilities per token (pool "blend": averaged)."""
@@ -96,6 +101,15 @@ class GroundedProjector(nn.Module):
         if self.mlp is not None and (self.learn_mlp_weight or float(self.mlp_weight) != 0.0):
             tokens = tokens + self.mlp_weight * self.mlp(features)
         return tokens
+
+    def init_fresh(self, std: float) -> None:
+        # a fresh grounded projector starts with the MLP path at zero output: the grounded path alone is used
+        # until alignment trains it
+        init.normal_(self.class_table, std=std)
+        init.constant_(self.mlp_weight, self.initial_mlp_weight)
+        if self.mlp is not None:
+            init.zeros_(self.mlp.linear_2.weight)
+            init.zeros_(self.mlp.linear_2.bias)
 
     @torch.no_grad()
     def load_grounding(self, classifier: nn.Linear, class_table: torch.Tensor) -> None:
@@ -136,3 +150,50 @@ def class_name_table(names: Sequence[str], tokenizer, embeddings: torch.Tensor) 
 def typical_embedding_norm(embeddings: torch.Tensor) -> float:
     """Median L2 norm of the LLM's input embedding rows: the scale its ordinary tokens come at."""
     return float(embeddings.float().norm(dim=-1).median())
+
+
+@dataclass(frozen=True)
+class GroundedSettings(ProjectorSettings):
+    """config.json's grounded_* fields. The defaults were chosen by pre-alignment retrieval on a 200-image
+    Flickr8k test subset; assembly measures token_scale from the LLM's embeddings."""
+
+    grounded_num_classes: int = 1000
+    grounded_top_k: int = 5
+    grounded_temperature: float = 1.0
+    grounded_token_scale: float = 1.0
+    grounded_pool: str = "patch"
+    grounded_renormalize: bool = False
+    grounded_mlp_weight: float = 1.0
+    grounded_learn_mlp_weight: bool = True
+
+
+class GroundedKind(ProjectorKind):
+    """The default (recipe smol_llava-v2): the tower's ImageNet head + the LLM's embeddings of the class names."""
+
+    name = "grounded"
+    recipe = "smol_llava-v2"
+    settings = GroundedSettings
+    tunable = ("grounded_top_k", "grounded_temperature", "grounded_pool", "grounded_renormalize",
+               "grounded_mlp_weight", "grounded_learn_mlp_weight")
+    needs_class_names = True
+
+    def build(self, config) -> GroundedProjector:
+        s = GroundedSettings.from_config(config)
+        return GroundedProjector(
+            config.vision_hidden_size, config.text_config.hidden_size, num_classes=s.grounded_num_classes,
+            top_k=s.grounded_top_k, temperature=s.grounded_temperature, token_scale=s.grounded_token_scale,
+            pool=s.grounded_pool, renormalize=s.grounded_renormalize, mlp=mlp_of(config),
+            mlp_weight=s.grounded_mlp_weight, learn_mlp_weight=s.grounded_learn_mlp_weight,
+        )
+
+    def assembly_fields(self, parts: AssemblyParts, overrides: dict) -> dict:
+        fields = super().assembly_fields(parts, overrides)
+        fields["grounded_token_scale"] = typical_embedding_norm(parts.embeddings)
+        return fields
+
+    def load_pretrained(self, projector: GroundedProjector, parts: AssemblyParts, config) -> None:
+        projector.load_grounding(parts.classifier, class_name_table(parts.class_names, parts.tokenizer, parts.embeddings))
+
+    def describe(self, parts: AssemblyParts, seed: int) -> str:
+        return ("grounded: EfficientNet-Lite0's ImageNet head + the LLM's embeddings of the 1,000 class names "
+                f"({parts.class_list}); MLP path zero-initialised, torch.manual_seed({seed})")

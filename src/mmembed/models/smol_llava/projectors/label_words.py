@@ -1,6 +1,6 @@
 """A vision-to-LLM projector that writes the vision tower's top ImageNet labels as the LLM's own words.
 
-The grounded projector (grounded_projector.py) gives each of the 49 image tokens a probability-weighted
+The grounded projector (grounded.py) gives each of the 49 image tokens a probability-weighted
 mean of class-name embeddings. Measured on the Flickr8k 1k test, that reads to the LLM as noise (text ->
 image R@10 1.74, chance 1.0), while the same tower's top-3 labels written as the text "a photo of X, Y, Z"
 and embedded by the same LLM's text path reach 3.36 untrained and 13.66 after 40 text-only steps
@@ -23,14 +23,18 @@ the start) is what alignment trains: the word choice itself is a hard top-k, not
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import initialization as init
 
 from mmembed.errors import ConfigError
+from mmembed.models.smol_llava.projectors.base import AssemblyParts, Projector, ProjectorKind, ProjectorSettings
+from mmembed.models.smol_llava.projectors.mlp import mlp_of
 
 
-class LabelWordProjector(nn.Module):
+class LabelWordProjector(Projector):
     """Vision features [B, N, vision_dim] -> (word embeddings [B, L, hidden], valid [B, L]) via the LLM's embeddings."""
 
     def __init__(self, vision_dim: int, num_classes: int, seq_length: int, max_name_tokens: int, top_k: int = 3,
@@ -48,6 +52,8 @@ class LabelWordProjector(nn.Module):
         self.register_buffer("separator_ids", torch.zeros(separator_length, dtype=torch.long))
         self.mlp = mlp
         self.mlp_weight = nn.Parameter(torch.tensor(float(mlp_weight)))
+
+    uses_holes = True
 
     def top_classes(self, features: torch.Tensor) -> torch.Tensor:
         """[B, N, vision_dim] -> [B, top_k] class indices, most probable first (the head on pooled features)."""
@@ -79,6 +85,19 @@ class LabelWordProjector(nn.Module):
             learned = self.mlp(features.mean(dim=1, keepdim=True)).to(tokens.dtype)  # [B, 1, hidden], broadcast
             tokens = tokens + self.mlp_weight.to(tokens.dtype) * learned * valid.unsqueeze(-1)
         return tokens, valid
+
+    def project(self, features: torch.Tensor, embed_tokens: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        return self(features, embed_tokens)
+
+    def valid_positions(self, features: torch.Tensor) -> torch.Tensor:
+        return self.label_ids(features)[1]
+
+    def init_fresh(self, std: float) -> None:
+        # the learned path starts at zero output: the label words alone until alignment trains it
+        init.constant_(self.mlp_weight, 1.0)
+        if self.mlp is not None:
+            init.zeros_(self.mlp.linear_2.weight)
+            init.zeros_(self.mlp.linear_2.bias)
 
     @torch.no_grad()
     def load_vocabulary(self, classifier: nn.Linear, name_ids: Sequence[Sequence[int]], prefix_ids: Sequence[int],
@@ -122,3 +141,61 @@ def span_length(vocabulary: dict, top_k: int) -> int:
     """Placeholder tokens that hold the longest label text of top_k names (prefix, separators, names)."""
     longest = sorted(map(len, vocabulary["name_ids"]), reverse=True)[:top_k]
     return len(vocabulary["prefix_ids"]) + (top_k - 1) * len(vocabulary["separator_ids"]) + sum(longest)
+
+
+@dataclass(frozen=True)
+class LabelWordSettings(ProjectorSettings):
+    """config.json's label-word fields: names per image and the template their text follows (the defaults: the
+    head's top-3 classes as "a photo of X, Y, Z"), and the sizes of the token-id tables saved with the weights.
+    The class count keeps its grounded_ name: folders written before the registry hold it so."""
+
+    grounded_num_classes: int = 1000
+    label_top_k: int = 3
+    label_template: str = "a photo of {}"
+    label_max_name_tokens: int = 1
+    label_prefix_length: int = 0
+    label_separator_length: int = 1
+
+
+class LabelWordKind(ProjectorKind):
+    """Recipe smol_llava-v3-label-words: the tower's top ImageNet names as the LLM's own word tokens. The span
+    (image_seq_length) is what holds the longest label text, so the processor writes that many placeholders."""
+
+    name = "label_words"
+    recipe = "smol_llava-v3-label-words"
+    settings = LabelWordSettings
+    tunable = ("label_top_k", "label_template")
+    needs_class_names = True
+    uses_holes = True
+
+    def build(self, config) -> LabelWordProjector:
+        s = LabelWordSettings.from_config(config)
+        return LabelWordProjector(
+            config.vision_hidden_size, s.grounded_num_classes, seq_length=config.image_seq_length,
+            max_name_tokens=s.label_max_name_tokens, top_k=s.label_top_k, prefix_length=s.label_prefix_length,
+            separator_length=s.label_separator_length, mlp=mlp_of(config),
+        )
+
+    def assembly_fields(self, parts: AssemblyParts, overrides: dict) -> dict:
+        fields = super().assembly_fields(parts, overrides)
+        vocabulary = label_vocabulary(parts.class_names, parts.tokenizer, fields["label_template"])
+        fields.update(
+            image_seq_length=span_length(vocabulary, fields["label_top_k"]),
+            label_max_name_tokens=max(map(len, vocabulary["name_ids"])),
+            label_prefix_length=len(vocabulary["prefix_ids"]),
+            label_separator_length=len(vocabulary["separator_ids"]),
+        )
+        return fields
+
+    def load_pretrained(self, projector: LabelWordProjector, parts: AssemblyParts, config) -> None:
+        template = LabelWordSettings.from_config(config).label_template
+        vocabulary = label_vocabulary(parts.class_names, parts.tokenizer, template)
+        projector.load_vocabulary(parts.classifier, **vocabulary)
+
+    def processor_image_tokens(self, config) -> int:
+        return config.image_seq_length
+
+    def describe(self, parts: AssemblyParts, seed: int) -> str:
+        return ("label words: EfficientNet-Lite0's ImageNet head's top-3 class names as the LLM's own tokens "
+                f"(\"a photo of X, Y, Z\", {parts.class_list}); learned MLP path zero-initialised, "
+                f"torch.manual_seed({seed})")
