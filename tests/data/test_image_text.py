@@ -121,7 +121,8 @@ class _FakeFeaturizer:
 
 
 def test_image_text_rows_mask_repeated_and_unreadable_images(tmp_path):
-    from mmembed.data.collate import ImageTextRows, ObjectiveCollator
+    from mmembed.data.collate import ObjectiveCollator
+    from mmembed.data.sources.image_text import ImageTextRows
     from mmembed.objectives import ImageTextInfoNCE
 
     _images(tmp_path, ["a.jpg", "b.jpg"])

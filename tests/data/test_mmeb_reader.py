@@ -218,7 +218,8 @@ def test_mini_mmeb_eval_images_are_never_training_images(two_builds, data_root):
     assert eval_images and train_images and not eval_images & train_images
     assert not _sha(eval_images) & _sha(train_images)
     for path in sorted((REPO / "conf" / "data").glob("*.yaml")):  # every configured training source
-        cfg = OmegaConf.create({"paths": {"data_root": str(data_root)}, "data": OmegaConf.load(path)})
+        paths = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "paths" / "default.yaml"), {"data_root": str(data_root)})
+        cfg = OmegaConf.create({"paths": paths, "data": OmegaConf.load(path)})  # ${paths.flickr8k.*} resolve
         if "sources" not in cfg.data:
             continue
         pairs = read_image_text_sources(OmegaConf.to_container(cfg.data.sources, resolve=True))

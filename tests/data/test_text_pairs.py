@@ -66,14 +66,15 @@ def test_rows_without_a_hard_negative_get_a_masked_placeholder():
 
 
 def test_seeded_shuffling_is_reproducible(tmp_path):
-    from mmembed.lit.datamodules import TextPairDataModule
+    from mmembed.data.sources.text_pairs import TextPairSource
+    from mmembed.lit.datamodule import TrainingDataModule
 
     rows = "".join(f"s{i},p{i},n{i}\n" for i in range(40))
     f = write(tmp_path / "t.csv", "sent0,sent1,hard_neg\n" + rows)
 
     def order(seed):
-        dm = TextPairDataModule(f, featurizer=CharFeaturizer(), objective=TextPairInfoNCE(), batch_size=8,
-                                max_text_tokens=None, shuffle_seed=seed)
+        dm = TrainingDataModule(TextPairSource(f), featurizer=CharFeaturizer(), objective=TextPairInfoNCE(),
+                                batch_size=8, max_text_tokens=None, shuffle_seed=seed)
         dm.setup("fit")
         return [b["features"]["inputs"][:8] for b in dm.train_dataloader()]
 

@@ -163,6 +163,7 @@ def test_missing_aligned_model_says_which_command_writes_it(tmp_path):
         raise AssertionError("a missing aligned model folder must raise BackboneLoadError")
 
 
+@pytest.mark.slow  # trains, then evaluates the image-text suite
 def test_image_text_arm_trains_lora_then_evaluates_and_draws_the_gap(tiny_smol_llava_dir, tmp_path, data_root):
     held_out = ["evaluation.benchmarks.flickr8k_1k_test.max_images=8", "evaluation.modality_gap.max_images=8"]
     drop = [f"~evaluation.benchmarks.{name}" for name in ("sts12", "stsb", "sickr", "cirr_local", "imagenet1k")]
@@ -253,6 +254,7 @@ def test_unreadable_training_images_are_skipped_and_logged(tiny_smol_llava_dir, 
     assert summary["metrics"]["data/skipped"] == 4 and summary["metrics"]["train/num_negatives"] == 3
 
 
+@pytest.mark.slow  # three training runs
 def test_tower_feature_cache_gives_the_same_alignment_and_skips_the_tower_on_a_rerun(tiny_smol_llava_dir, tmp_path,
                                                                                       data_root):
     """experiment=align with model.vision_feature_cache=true: the same losses and aligned weights as without

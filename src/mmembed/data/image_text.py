@@ -1,4 +1,4 @@
-"""Image-caption pairs for training: readers for five layouts (batches are built by `mmembed.data.collate`).
+"""Image-caption pairs for training: readers for several layouts (the source: `mmembed.data.sources.image_text`).
 
 Sources (each a mapping in `data.sources`, several are concatenated):
 - `format: coco_json`      COCO `captions_*.json` + image folder (`captions`, `images`);
@@ -22,7 +22,7 @@ the first that holds an image wins); a split's images found in none are dropped 
 copy). `image_range: [start, stop]` (a slice of the name-sorted images) is for a user's own data without an
 official split; `max_images` keeps the first N images.
 
-Images are *not* opened here: `mmembed.data.collate.ImageTextRows` opens them with `load_image` under `data.on_error`, so a
+Images are *not* opened here: `mmembed.data.sources.image_text.ImageTextRows` opens them with `load_image` under `data.on_error`, so a
 missing or corrupt image is skipped and counted (or raises with its path) when its batch is built.
 """
 

@@ -27,6 +27,21 @@ def grad_cache_chunk_size(cfg: DictConfig) -> int | None:
     return (cfg.get("grad_cache") or {}).get("chunk_size") or None
 
 
+def build_datamodule(data_cfg: DictConfig, featurizer, objective):
+    """The one DataModule and its source from `data=` (conf/data/*.yaml); a wrong data setting fails in one line."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from mmembed.errors import MMEmbedError
+
+    try:
+        return instantiate(data_cfg, featurizer=featurizer, objective=objective)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, MMEmbedError):
+            raise err.__cause__ from None
+        raise
+
+
 def run_training(cfg: DictConfig) -> dict:
     """Fit the embedder as configured; returns the summary also written to `train_summary.json`."""
     import lightning as L
@@ -42,7 +57,7 @@ def run_training(cfg: DictConfig) -> dict:
     objective = instantiate(cfg.objective, _convert_="all")
     spec = model_spec(cfg)
     featurizer = build_featurizer(spec)  # tokenizer + processor only: no weights yet
-    datamodule = instantiate(cfg.data, featurizer=featurizer, objective=objective)
+    datamodule = build_datamodule(cfg.data, featurizer, objective)
     datamodule.check_data()  # every training and validation file read now: bad data costs seconds
     prepare = getattr(objective, "prepare", None)  # one-time work an objective needs, e.g. a teacher cache
     if callable(prepare):
