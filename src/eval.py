@@ -22,12 +22,16 @@ from mmembed.run.evaluation import benchmark_list
 log = logging.getLogger("mmembed.eval")
 
 
-def text_benchmarks_only(benchmarks: list[dict]) -> list[dict]:
-    """A text-only embedder runs the STS benchmarks; image benchmarks are skipped, and said so."""
-    skipped = [b["name"] for b in benchmarks if b.get("task") != "sts"]
+# What an embedder without a vision tower can encode (mmembed.models.encoder.capabilities' names).
+TEXT_ONLY = frozenset({"text"})
+
+
+def text_benchmarks_only(benchmarks: list) -> list:
+    """A text-only embedder runs the benchmarks that need only texts (STS); the others are skipped, and said so."""
+    skipped = [b.name for b in benchmarks if not b.needs <= TEXT_ONLY]
     if skipped:
         log.warning("text-only baseline: skipping image benchmarks %s", ", ".join(skipped))
-    return [b for b in benchmarks if b.get("task") == "sts"]
+    return [b for b in benchmarks if b.needs <= TEXT_ONLY]
 
 
 def build_eval_embedder(cfg: DictConfig):

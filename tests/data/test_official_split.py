@@ -17,6 +17,9 @@ from mmembed.data.evalsets.layout import BenchmarkLayoutError
 from mmembed.data.heldout import drop_heldout_rows, heldout_sentences
 from mmembed.data.image_text import read_image_text_source, read_image_text_sources
 from mmembed.errors import DataConfigError
+from mmembed.evaluation.benchmarks.retrieval import CaptionImages, CaptionRetrievalBenchmark
+from mmembed.evaluation.benchmarks.sts import STSBenchmark
+from mmembed.run.evaluation import benchmark_list
 from tests.conftest import REPO
 
 TOKEN_LINES = [
@@ -128,10 +131,11 @@ def _split_names(data_root: Path, split: str) -> set[str]:
 
 
 def _training_sources(data_root: Path) -> dict[str, list[dict]]:
-    """Every image-text training source of conf/data/*.yaml, `${paths.data_root}` resolved."""
+    """Every image-text training source of conf/data/*.yaml, `${paths...}` resolved (conf/paths/default.yaml)."""
     found = {}
+    paths = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "paths" / "default.yaml"), {"data_root": str(data_root)})
     for path in sorted((REPO / "conf" / "data").glob("*.yaml")):
-        cfg = OmegaConf.create({"paths": {"data_root": str(data_root)}, "data": OmegaConf.load(path)})
+        cfg = OmegaConf.create({"paths": paths, "data": OmegaConf.load(path)})
         if "sources" in cfg.data:
             found[path.stem] = OmegaConf.to_container(cfg.data.sources, resolve=True)
     assert "image_text" in found
@@ -176,6 +180,7 @@ def test_flickr8k_1k_test_is_the_official_test_split_from_the_224px_copies(data_
     assert set(bench.image_ids) == _split_names(data_root, "test")
     assert all(bench.caption_image.count(i) == 5 for i in range(1000))
     assert bench.meta["images_per_folder"] == {str(data_root / "flickr8k_224/images"): 1000,
+                                               str(data_root / "flickr8k_224/images_dev"): 0,
                                                str(data_root / "flickr8k/images"): 0}
     # In no split file: 91 Flickr8k images (5 lines each) and 2258277193_586949ec62.jpg, a name with no image
     # (4 lines; its fifth is the bogus `.jpg.1#0` line, skipped as malformed): 455 + 4 lines.
@@ -198,10 +203,8 @@ NOT_LOCAL = {"e5v_paper"}  # Flickr30K / COCO Karpathy test: not in the shared d
 @pytest.mark.parametrize("suite", sorted(p.stem for p in (REPO / "conf" / "eval").glob("*.yaml") if p.stem not in NOT_LOCAL))
 def test_no_eval_image_or_caption_is_a_training_one(suite, data_root, training_pairs):
     cfg = _compose_eval(suite, data_root)
-    benchmarks = OmegaConf.to_container(cfg.eval.benchmarks, resolve=True) or {}
     # every benchmark over a caption file's images: retrieval, captioning, regions (the test images' boxes)
-    caption_sets = [dict(b, name=k) for k, b in benchmarks.items() if b and b.get("task") in ("retrieval", "captioning",
-                                                                                             "regions")]
+    caption_sets = [b.caption_settings() for b in benchmark_list(cfg.eval) if isinstance(b, CaptionImages)]
     if cfg.eval.get("modality_gap"):
         caption_sets.append(OmegaConf.to_container(cfg.eval.modality_gap, resolve=True))
     eval_images, eval_captions = set(), set()
@@ -220,8 +223,9 @@ def _every_eval_sentence(data_root) -> set[str]:
     for path in sorted((REPO / "conf" / "eval").glob("*.yaml")):
         if path.stem in NOT_LOCAL:
             continue
-        benchmarks = OmegaConf.to_container(_compose_eval(path.stem, data_root).eval.benchmarks, resolve=True) or {}
-        sentences |= heldout_sentences({k: b for k, b in benchmarks.items() if b and b.get("task") in ("sts", "retrieval")})
+        benchmarks = benchmark_list(_compose_eval(path.stem, data_root).eval)
+        sentences |= heldout_sentences({b.name: b for b in benchmarks
+                                        if isinstance(b, (STSBenchmark, CaptionRetrievalBenchmark))})
     return sentences
 
 
@@ -236,10 +240,13 @@ def _training_rows(data: str, data_root: Path, *overrides: str):
 
 # Read from the shared data, then pinned: SNLI's premises are Flickr30k captions (Flickr8k test / dev captions
 # among them) and STS reuses caption and news sentences; Flickr8k training captions include STS-B sentences.
-HELD_OUT_ROWS = {"nli": 280, "image_text": 231}
+# nli: 420 since paths.flickr8k.images lists images_dev (887 dev images): all 1,000 dev images' captions are
+# held out (280 when the held-out reader found only the 113 dev images of flickr8k/images).
+HELD_OUT_ROWS = {"nli": 420, "image_text": 231}
 
 
 @pytest.mark.parametrize("data", sorted(HELD_OUT_ROWS))
+@pytest.mark.slow  # reads every training file of the data set
 def test_no_evaluation_sentence_reaches_a_training_set(data, data_root):
     eval_sentences = _every_eval_sentence(data_root)
     assert len(eval_sentences) > 15_000  # STS12 + STS-B + SICK-R + the 5,000 Flickr8k test captions
@@ -249,6 +256,19 @@ def test_no_evaluation_sentence_reaches_a_training_set(data, data_root):
     # ... and it is the filter that keeps them out: without it the same files do hold evaluation sentences
     unfiltered, trained = _training_rows(data, data_root, "heldout=none")
     assert unfiltered.heldout_dropped == 0 and len(trained & eval_sentences) > 100
+
+
+def test_heldout_reads_a_benchmark_config_or_the_object_built_from_it_alike(tmp_path):
+    """conf/heldout composes conf/benchmark/ files: a source is read by its format and files, `_target_` ignored,
+    whether the DataModule gets the mapping or (Hydra's recursive instantiate) the benchmark object."""
+    user = _user_copy(tmp_path, {"images": ["c.jpg"]})
+    settings = {k: user[k] for k in ("format", "captions", "images", "split_files")} | {"split": "test"}
+    as_config = {"f8k_test": {"_target_": "mmembed.evaluation.benchmarks.retrieval.CaptionRetrievalBenchmark",
+                              **settings, "i2i": False}}
+    as_object = {"f8k_test": CaptionRetrievalBenchmark(**settings)}
+    assert heldout_sentences(as_config) == heldout_sentences(as_object) == {"a man surfs .", "a dog runs ."}
+    with pytest.raises(DataConfigError, match="heldout.sources.x: format 'nope' has no sentences to hold out"):
+        heldout_sentences({"x": {"format": "nope"}})
 
 
 def test_heldout_filter_drops_rows_by_any_column_case_and_spacing_folded():

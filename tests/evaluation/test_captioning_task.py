@@ -1,4 +1,4 @@
-"""`task: captioning` in a suite: the tiny MM-GEM model captions the first Flickr8k test images, and the
+"""CaptioningBenchmark in a suite: the tiny MM-GEM model captions the first Flickr8k test images, and the
 suite's scores equal pycocoevalcap's on the same captions and the images' five references."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import pytest
 
 from mmembed.data.evalsets.captions import read_caption_config
 from mmembed.data.images import load_image
+from mmembed.evaluation.benchmarks.captioning import CaptioningBenchmark
 from mmembed.evaluation.suite import evaluate_suite
 from mmembed.inference import Embedder
 from mmembed.inference.captioner import Captioner
@@ -28,13 +29,13 @@ def test_captioning_benchmark_scores_the_models_own_captions(tiny_smol_llava_dir
     prompts = PromptConfig(text="<sent>", image="<image>", chat_template=False, suffix="[EMB]")
     embedder = build_embedder(ModelSpec(name_or_path=str(tiny_smol_llava_dir), prompts=prompts,
                                         extension=MMGEMExtension())).eval()
-    bench = {"name": "f8k_captions", "task": "captioning", **_flickr8k_test(data_root, 4), "instruction": "<image>",
-             "max_new_tokens": 5, "scoring_tokenizer": "simple", "java_scorers": False}
+    bench = CaptioningBenchmark(name="f8k_captions", **_flickr8k_test(data_root, 4), instruction="<image>",
+                                max_new_tokens=5, scoring_tokenizer="simple", java_scorers=False)
     # the suite is handed the inference Embedder, as after training; the captioner reaches its model
     res = evaluate_suite(Embedder(embedder), [bench], tmp_path, batch_size=4, progress=False)
     entry = res["benchmarks"]["f8k_captions"]
 
-    data = read_caption_config(bench)
+    data = read_caption_config(_flickr8k_test(data_root, 4))
     captions = Captioner(embedder, "<image>", max_new_tokens=5).caption([load_image(p) for p in data.images])
     references = {image_id: [] for image_id in data.image_ids}
     for text, image in zip(data.captions, data.caption_image):

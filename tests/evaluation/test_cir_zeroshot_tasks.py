@@ -7,6 +7,9 @@ import json
 import pytest
 from PIL import Image
 
+from mmembed.evaluation.benchmarks.cirr import CIRRBenchmark
+from mmembed.evaluation.benchmarks.fashioniq import FashionIQBenchmark
+from mmembed.evaluation.benchmarks.zeroshot import ZeroShotBenchmark
 from mmembed.evaluation.suite import evaluate_suite
 from tests.evaluation.fakes import FakeEmbedder
 
@@ -35,7 +38,7 @@ def test_cirr_reference_excluded_each_gallery_image_once(tmp_path):
     ]
     (root / "captions/cap.rc2.val.json").write_text(json.dumps(caps))
     fake = FakeEmbedder(noise=0.0)
-    res = evaluate_suite(fake, [{"name": "cirr", "task": "cirr", "root": str(root)}], tmp_path / "out",
+    res = evaluate_suite(fake, [CIRRBenchmark(name="cirr", root=str(root))], tmp_path / "out",
                          progress=False)
     assert sorted(r for r, kind, _ in fake.calls["image"]) == list(range(6))
     assert {kind for _, kind, _ in fake.calls["image"]} == {"cir_target"}
@@ -63,7 +66,7 @@ def test_fashioniq_category_prompt_and_average(tmp_path):
     (tmp_path / "captions/cap.toptee.val.json").write_text(json.dumps(
         [{"candidate": "T0", "target": "T2", "captions": ["->5 ", "blue?"]}]))
     fake = FakeEmbedder(noise=0.0)
-    cfg = {"name": "fiq", "task": "fashioniq", "root": str(tmp_path), "categories": ["dress", "toptee"]}
+    cfg = FashionIQBenchmark(name="fiq", root=str(tmp_path), categories=["dress", "toptee"])
     res = evaluate_suite(fake, [cfg], tmp_path / "out", progress=False)
     m, p = res["benchmarks"]["fiq"]["metrics"], res["benchmarks"]["fiq"]["protocol"]
     assert m["dress_R@10"] == m["toptee_R@50"] == m["avg_R@10"] == 100.0
@@ -78,7 +81,7 @@ def test_zeroshot_hand_computed(tmp_path):
     for i in range(4):
         _img(tmp_path / "images" / f"{i}.png", i)
     fake = FakeEmbedder(noise=0.0)  # class text "img<i> x" embeds exactly as image i
-    res = evaluate_suite(fake, [{"name": "zs", "task": "zeroshot", "root": str(tmp_path), "template": "{}"}],
+    res = evaluate_suite(fake, [ZeroShotBenchmark(name="zs", root=str(tmp_path), template="{}")],
                          tmp_path / "out", progress=False)
     assert res["benchmarks"]["zs"]["metrics"] == {"acc@1": 100.0, "acc@5": 100.0}
     assert fake.calls["text"][0].startswith("img") and "img0 x" in fake.calls["text"]

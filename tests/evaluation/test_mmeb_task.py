@@ -1,9 +1,10 @@
-"""`task: mmeb` through evaluate_suite: each distinct input embedded once, hit@1 of planted embeddings, the
+"""MMEBBenchmark through evaluate_suite: each distinct input embedded once, hit@1 of planted embeddings, the
 protocol, and the real embedding path (tiny SmolLlava) against a brute-force per-query reference."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mmembed.evaluation.benchmarks.mmeb import MMEBBenchmark
 from mmembed.evaluation.suite import check_benchmarks, evaluate_suite
 from mmembed.models.prompts import PromptConfig, PromptRenderer
 
@@ -81,7 +83,7 @@ def _planted() -> PlantedEmbedder:
 def test_planted_embeddings_give_the_known_hits_and_each_input_is_embedded_once(tmp_path):
     _toy(tmp_path)
     fake = _planted()
-    cfg = {"name": "mm", "task": "mmeb", "root": str(tmp_path / "eval"), "image_root": str(tmp_path)}
+    cfg = MMEBBenchmark(name="mm", root=str(tmp_path / "eval"), image_root=str(tmp_path))
     res = evaluate_suite(fake, [cfg], tmp_path / "out", progress=False)
     entry = res["benchmarks"]["mm"]
     assert entry["metrics"] == {"Toy_cls": 75.0, "Toy_t2i": 66.6667, "classification": 75.0, "retrieval": 66.6667,
@@ -109,8 +111,8 @@ def test_planted_embeddings_give_the_known_hits_and_each_input_is_embedded_once(
 def test_a_kind_that_places_the_image_itself_gets_the_text_without_placeholder(tmp_path):
     _toy(tmp_path)
     fake = _planted()
-    cfg = {"name": "mm", "task": "mmeb", "root": str(tmp_path / "eval"), "image_root": str(tmp_path),
-           "datasets": ["Toy_t2i"], "image_text_kind": "cir_query"}
+    cfg = MMEBBenchmark(name="mm", root=str(tmp_path / "eval"), image_root=str(tmp_path), datasets=["Toy_t2i"],
+                        image_text_kind="cir_query")
     res = evaluate_suite(fake, [cfg], tmp_path / "out", progress=False)
     assert sorted(fake.calls["composed"]) == [(k, "img", "cir_query") for k in (1, 2, 3)]
     assert res["benchmarks"]["mm"]["protocol"]["prompts"]["Toy_t2i"]["gold_target"]["rendered_example"] == (
@@ -121,13 +123,13 @@ def test_unknown_dataset_without_metadata_fails_before_any_model(tmp_path):
     from mmembed.errors import ConfigError, DataConfigError
 
     _write(tmp_path, "Mine", [{"qry_text": "q", "qry_img_path": "", "tgt_text": ["a", "b"], "tgt_img_path": ["", ""]}])
-    cfg = {"name": "mm", "task": "mmeb", "root": str(tmp_path / "eval")}
+    cfg = MMEBBenchmark(name="mm", root=str(tmp_path / "eval"))
     with pytest.raises(DataConfigError, match=r"'Mine' is not one of MMEB-V1's 36"):
         check_benchmarks([cfg])
-    known = {**cfg, "dataset_info": {"Mine": {"meta_task": "vqa", "distribution": "OOD"}}}
+    known = replace(cfg, dataset_info={"Mine": {"meta_task": "vqa", "distribution": "OOD"}})
     check_benchmarks([known])
     with pytest.raises(ConfigError, match=r"image_text_kind='caption' is not a prompt kind"):
-        check_benchmarks([{**known, "image_text_kind": "caption"}])
+        check_benchmarks([replace(known, image_text_kind="caption")])
 
 
 # ---- the real embedding path ----
@@ -186,7 +188,7 @@ def test_tiny_model_hits_match_a_brute_force_per_query_reference(tiny_smol_llava
     _write(tmp_path, "MSCOCO_t2i", t2i)
     inner = MLLMEmbedder(load_backbone(str(tiny_smol_llava_dir)), PromptConfig()).eval()
     counting = Counting(inner)
-    cfg = {"name": "mm", "task": "mmeb", "root": str(tmp_path / "eval"), "image_root": str(tmp_path)}
+    cfg = MMEBBenchmark(name="mm", root=str(tmp_path / "eval"), image_root=str(tmp_path))
     res = evaluate_suite(counting, [cfg], tmp_path / "out", batch_size=4, progress=False)
     assert len(counting.items) == len(set(counting.items))  # nothing embedded twice
     p = res["benchmarks"]["mm"]["protocol"]
@@ -234,7 +236,8 @@ def test_mini_mmeb_suite_names_the_build_command_when_the_folder_is_missing(tmp_
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("eval", ["eval=mini_mmeb", f"paths.cache_dir={tmp_path}"])
     (bench,) = benchmark_list(cfg.eval)
-    assert bench["task"] == "mmeb" and bench["root"] == str(tmp_path / "mini_mmeb-v1/eval")
+    assert isinstance(bench, MMEBBenchmark) and bench.name == "mini_mmeb"
+    assert bench.root == str(tmp_path / "mini_mmeb-v1/eval")
     with pytest.raises(BenchmarkLayoutError, match=r"build it with: python experiments/build_mini_mmeb\.py --out "
                                                    + str(tmp_path / "mini_mmeb-v1")):
         check_benchmarks([bench])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
@@ -10,7 +9,7 @@ import numpy as np
 import torch
 
 from mmembed.evaluation.modality_gap import gap_stats, pca_2d, plot_modality_gap
-from tests.conftest import REPO
+from tests.scripts import load_script
 
 
 def test_gap_stats_by_hand():
@@ -40,10 +39,7 @@ def test_pca_matches_numpy_up_to_sign(tmp_path):
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("modality_ablation", REPO / "experiments" / "modality_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/modality_ablation.py")
 
 
 def _fake_job(folder, arm, seed, stsb, r1, sec_per_step, vision, all_sts=True):

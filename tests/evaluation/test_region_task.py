@@ -1,4 +1,4 @@
-"""Flickr30k Entities regions (`task: regions`): boxes normalised by the original size onto a copy of another
+"""Flickr30k Entities regions (RegionGroundingBenchmark): boxes normalised by the original size onto a copy of another
 size, tiny / degenerate / outside / scene boxes skipped and counted, and phrase -> region R@1 against a
 brute-force argmax over the image's own boxes, with RoI region vectors (model=mmgem) and with crops."""
 
@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from mmembed.data.evalsets.regions import read_region_config
+from mmembed.evaluation.benchmarks.regions import RegionGroundingBenchmark
 from mmembed.evaluation.suite import evaluate_suite
 from mmembed.models.factory import ModelSpec, build_embedder
 from mmembed.models.mmgem.extension import MMGEMExtension
@@ -55,7 +56,7 @@ def region_layout(tmp_path):
     ]
     with gzip.open(tmp_path / "entities.jsonl.gz", "wt") as f:
         f.writelines(json.dumps(e) + "\n" for e in entries)
-    return {"name": "toy_regions", "task": "regions", "format": "flickr8k_token", "captions": str(tmp_path / "token.txt"),
+    return {"name": "toy_regions", "format": "flickr8k_token", "captions": str(tmp_path / "token.txt"),
             "images": str(images), "split": "test", "entities": str(tmp_path / "entities.jsonl.gz"), "min_side": 4,
             "split_files": {s: str(tmp_path / f"{s}.txt") for s in ("train", "dev", "test")}}
 
@@ -90,7 +91,8 @@ def test_phrase_to_region_r1_equals_a_brute_force_argmax(region_layout, tiny_smo
     embedder = build_embedder(spec).eval()
     if mmgem:  # and region captions of the first two query chains' first boxes
         region_layout = {**region_layout, "caption_regions": 2, "max_new_tokens": 4, "scoring_tokenizer": "simple"}
-    result = evaluate_suite(embedder, [region_layout], tmp_path / "out", batch_size=3, progress=False)
+    result = evaluate_suite(embedder, [RegionGroundingBenchmark(**region_layout)], tmp_path / "out", batch_size=3,
+                            progress=False)
     entry = result["benchmarks"]["toy_regions"]
     bench = read_region_config(region_layout)
     image = load_image(bench.images[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,7 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy.stats import spearmanr
 
-from mmembed.errors import BadImageError
+from mmembed.errors import BadImageError, ConfigError
+from mmembed.evaluation.benchmarks.retrieval import CaptionRetrievalBenchmark
+from mmembed.evaluation.benchmarks.sts import STSBenchmark
 from mmembed.evaluation.suite import evaluate_suite
 from tests.evaluation.fakes import FakeEmbedder, vec
 from tests.metrics.test_retrieval_metrics import brute_force_recall
@@ -34,8 +37,8 @@ def caption_csv(tmp_path):
 
 def test_retrieval_images_embedded_once_and_numbers_match_brute_force(caption_csv, tmp_path):
     fake = FakeEmbedder(noise=1.2)
-    cfg = {"name": "toy", "task": "retrieval", "format": "caption_csv",
-           "captions": str(caption_csv / "caps.txt"), "images": str(caption_csv / "imgs")}
+    cfg = CaptionRetrievalBenchmark(name="toy", format="caption_csv", captions=str(caption_csv / "caps.txt"),
+                                    images=str(caption_csv / "imgs"))
     res = evaluate_suite(fake, [cfg], tmp_path / "out", batch_size=5, model="fake", progress=False)
     assert Counter(r for r, _, _ in fake.calls["image"]) == Counter(range(12))  # each image once
     entry = res["benchmarks"]["toy"]
@@ -62,13 +65,13 @@ def test_retrieval_images_embedded_once_and_numbers_match_brute_force(caption_cs
 
 def test_unreadable_image_skipped_or_raised(caption_csv, tmp_path):
     (caption_csv / "imgs" / "4.png").write_bytes(b"broken")
-    cfg = {"name": "toy", "task": "retrieval", "format": "caption_csv",
-           "captions": str(caption_csv / "caps.txt"), "images": str(caption_csv / "imgs"), "on_error": "skip"}
+    cfg = CaptionRetrievalBenchmark(name="toy", format="caption_csv", captions=str(caption_csv / "caps.txt"),
+                                    images=str(caption_csv / "imgs"), on_error="skip")
     res = evaluate_suite(FakeEmbedder(), [cfg], tmp_path / "o1", progress=False)
     p = res["benchmarks"]["toy"]["protocol"]
     assert p["images"] == 11 and p["captions"] == 33 and p["unreadable_images_skipped"][0].endswith("4.png")
     with pytest.raises(BadImageError, match="4.png"):
-        evaluate_suite(FakeEmbedder(), [dict(cfg, on_error="raise")], tmp_path / "o2", progress=False)
+        evaluate_suite(FakeEmbedder(), [replace(cfg, on_error="raise")], tmp_path / "o2", progress=False)
 
 
 def test_sts_matches_scipy_and_pools_subsets(tmp_path):
@@ -78,7 +81,7 @@ def test_sts_matches_scipy_and_pools_subsets(tmp_path):
         (sts / f"STS.input.{name}.txt").write_text("".join(f"img{i % 3} {name}{i}\tx {name}{i}\n" for i in range(n)))
         (sts / f"STS.gs.{name}.txt").write_text("".join(f"{(i * 7) % 5}\n" for i in range(n)))
     fake = FakeEmbedder()
-    res = evaluate_suite(fake, [{"name": "s", "task": "sts", "format": "sts12_16", "path": str(sts)}],
+    res = evaluate_suite(fake, [STSBenchmark(name="s", format="sts12_16", path=str(sts))],
                          tmp_path / "out", progress=False)
     m = res["benchmarks"]["s"]["metrics"]
     s1 = [f"img{i % 3} {n}{i}" for n, k in (("A", 6), ("B", 5)) for i in range(k)]
@@ -90,8 +93,33 @@ def test_sts_matches_scipy_and_pools_subsets(tmp_path):
     assert res["benchmarks"]["s"]["protocol"]["pairs"] == 11
 
 
-def test_unknown_task_and_duplicate_names(tmp_path):
-    with pytest.raises(ValueError, match="unknown task"):
-        evaluate_suite(FakeEmbedder(), [{"name": "x", "task": "nope"}], tmp_path)
+def test_duplicate_names_and_a_missing_capability_fail_before_any_embedding(tmp_path):
+    sts = STSBenchmark(name="x", format="stsb", path=str(tmp_path))
     with pytest.raises(ValueError, match="unique"):
-        evaluate_suite(FakeEmbedder(), [{"name": "x", "task": "sts"}, {"name": "x", "task": "sts"}], tmp_path)
+        evaluate_suite(FakeEmbedder(), [sts, sts], tmp_path)
+
+    class TextOnly:
+        def encode_text(self, texts):
+            return torch.ones(len(texts), 2)
+
+    retrieval = CaptionRetrievalBenchmark(name="r", format="caption_csv", captions=str(tmp_path / "caps.txt"),
+                                          images=str(tmp_path))
+    retrieval.check = lambda: None  # no files needed: the embedder is refused first
+    with pytest.raises(ConfigError, match=r"benchmark 'r' \(retrieval\) needs an embedder that encodes \['image'\]"):
+        evaluate_suite(TextOnly(), [retrieval], tmp_path)
+
+
+def test_a_config_naming_no_class_or_a_setting_the_class_does_not_take_fails_in_one_line():
+    from omegaconf import OmegaConf
+
+    from mmembed.run.evaluation import build_benchmark
+
+    with pytest.raises(ConfigError, match="'x': no _target_"):
+        build_benchmark("x", OmegaConf.create({"format": "stsb", "path": "p"}))
+    cfg = OmegaConf.create({"_target_": "mmembed.evaluation.benchmarks.sts.STSBenchmark", "format": "stsb",
+                            "path": "p", "nmae": "typo"})
+    with pytest.raises(ConfigError, match="'x': .*nmae") as err:
+        build_benchmark("x", cfg)
+    assert "\n" not in str(err.value)
+    built = build_benchmark("x", OmegaConf.create({"_target_": cfg._target_, "format": "stsb", "path": "p"}))
+    assert built == STSBenchmark(name="x", format="stsb", path="p")

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("sweep_table", REPO / "experiments" / "sweep_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/sweep_table.py")
 
 
 def _job(sweep: Path, n: int, tau: str, summary: dict | None) -> None:
@@ -25,7 +23,7 @@ def _job(sweep: Path, n: int, tau: str, summary: dict | None) -> None:
     (hydra_dir / "hydra.yaml").write_text(yaml.safe_dump(
         {"hydra": {"sweeper": {"params": {"objective.tau": "0.02,0.05,0.1"}}}}))
     (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(
-        ["hparams_search=unime_tau", "experiment=unime_stage1", f"objective.tau={tau}", "trainer.max_steps=20"]))
+        ["ablation=unime_tau", "experiment=unime_stage1", f"objective.tau={tau}", "trainer.max_steps=20"]))
     if summary is not None:
         (sweep / str(n) / "train_summary.json").write_text(json.dumps(summary))
 

@@ -4,7 +4,6 @@ derived cells, resuming and its refusals, and one end-to-end table on the tiny m
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import sys
@@ -12,17 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
 def tp():
-    spec = importlib.util.spec_from_file_location("three_papers", REPO / "experiments" / "three_papers.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["three_papers"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/three_papers.py")
 
 
 def test_stage_two_starts_from_stage_one_and_every_run_gets_the_suite_and_budget(tp, tmp_path):

@@ -6,6 +6,10 @@ import json
 
 import pytest
 
+from mmembed.evaluation.benchmarks.cirr import CIRRBenchmark
+from mmembed.evaluation.benchmarks.retrieval import CaptionRetrievalBenchmark
+from mmembed.evaluation.benchmarks.sts import STSBenchmark
+
 
 @pytest.fixture(scope="module")
 def tiny_embedder(tiny_smol_llava_dir):
@@ -26,12 +30,13 @@ def test_tiny_model_cirr_i2i_and_sts(tiny_embedder, data_root, tmp_path):
     (sts / "STS.gs.toy.txt").write_text("4.5\n0.2\n4.0\n")
     cirr = data_root / "cirr"
     benchmarks = [
-        {"name": "toy_sts", "task": "sts", "format": "sts12_16", "path": str(sts)},
-        {"name": "cirr_local", "task": "cirr", "root": str(cirr), "gallery": "available",
-         "captions_file": str(cirr / "cap.rc2.val.local_subset12.json"), "image_dir": str(cirr / "images_dev_subset")},
-        {"name": "coco_i2i", "task": "retrieval", "format": "coco_json", "max_images": 3, "i2i": True,
-         "render": {"font_size": 32}, "captions": str(data_root / "coco/captions_train2017_subset80.json"),
-         "images": str(data_root / "coco/train2017")},
+        STSBenchmark(name="toy_sts", format="sts12_16", path=str(sts)),
+        CIRRBenchmark(name="cirr_local", root=str(cirr), gallery="available",
+                      captions_file=str(cirr / "cap.rc2.val.local_subset12.json"),
+                      image_dir=str(cirr / "images_dev_subset")),
+        CaptionRetrievalBenchmark(name="coco_i2i", format="coco_json", max_images=3, i2i=True, render={"font_size": 32},
+                                  captions=str(data_root / "coco/captions_train2017_subset80.json"),
+                                  images=str(data_root / "coco/train2017")),
     ]
     res = evaluate_suite(tiny_embedder, benchmarks, tmp_path / "out", batch_size=16, model="tiny", progress=False)
     s = res["benchmarks"]["toy_sts"]
@@ -63,7 +68,7 @@ def test_tiny_model_text_only_sts(tiny_embedder, tmp_path):
         "g\tf\t2012\t2\t0.2\tA cat.\tStocks fell.\tx\ty\n"
         "g\tf\t2012\t3\t4.0\tRain.\tIt rains.\n"
     )
-    res = evaluate_suite(tiny_embedder, [{"name": "b", "task": "sts", "format": "stsb", "path": str(tmp_path)}],
+    res = evaluate_suite(tiny_embedder, [STSBenchmark(name="b", format="stsb", path=str(tmp_path))],
                          tmp_path / "out", model="tiny", progress=False)
     entry = res["benchmarks"]["b"]
     assert entry["protocol"]["pairs"] == 3
@@ -79,14 +84,13 @@ def test_tiny_model_text_only_sts(tiny_embedder, tmp_path):
 def test_tiny_model_real_sts12(tiny_embedder, data_root, tmp_path):
     from mmembed.evaluation.suite import evaluate_suite
 
-    cfg = {"name": "sts12", "task": "sts", "format": "sts12_16",
-           "path": str(data_root / "sts/senteval_processed/STS12-en-test")}
+    cfg = STSBenchmark(name="sts12", format="sts12_16", path=str(data_root / "sts/senteval_processed/STS12-en-test"))
     res = evaluate_suite(tiny_embedder, [cfg], tmp_path, batch_size=64, model="tiny", progress=False)
     sts = res["benchmarks"]["sts12"]
     assert sts["protocol"]["pairs"] == 3108
     from mmembed.data.evalsets.sts import read_sts12_16
 
-    subsets = read_sts12_16(cfg["path"])  # "all": one Spearman over every subset's pairs
+    subsets = read_sts12_16(cfg.path)  # "all": one Spearman over every subset's pairs
     first, second, gold = ([x for pairs in subsets for x in getattr(pairs, field)]
                            for field in ("sentences1", "sentences2", "scores"))
     in_suite_order = [s for pairs in subsets for s in pairs.sentences1 + pairs.sentences2]

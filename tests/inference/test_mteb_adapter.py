@@ -34,7 +34,7 @@ def stsb_test(data_root, n: int | None = None):
 
 
 def mmembed_sts(embedder, pairs, batch_size: int = 32) -> float:
-    """mmembed's own STS number (evaluation.tasks_text's path: encode_texts + STSSpearman), unrounded."""
+    """mmembed's own STS number (evaluation.benchmarks.sts's path: encode_texts + STSSpearman), unrounded."""
     emb = encode_texts(embedder, pairs.sentences1 + pairs.sentences2, batch_size, progress=False)
     n = len(pairs)
     metric = STSSpearman()

@@ -3,7 +3,8 @@
 Text training files can hold evaluation sentences: SNLI's premises are Flickr30k captions, and the STS
 sets reuse news, forum and caption sentences. With the shared data, 177 distinct sentences of the SNLI
 triplets are Flickr8k 1k-test captions, 27 are STS-B test sentences and 44 are STS12 ones; 100 Flickr8k
-training captions are STS-B test sentences (STS-B's caption genre). `heldout_sentences` reads the evaluation sets listed in `conf/heldout/` with the evaluation readers;
+training captions are STS-B test sentences (STS-B's caption genre). `heldout_sentences` reads the evaluation
+sets listed in `conf/heldout/` (the same one-benchmark files as the suites) with the evaluation-set readers;
 `drop_heldout_rows` drops every training row that holds one of them in any column (compared with case
 and spacing folded) and logs how many went. These are not bad rows, so they are not counted in
 `data/skipped`; the DataModule keeps the number (`heldout_dropped`).
@@ -19,27 +20,40 @@ from mmembed.errors import DataConfigError
 
 log = logging.getLogger(__name__)
 
+STS_FORMATS = ("sts12_16", "stsb", "sick")
+
+
+def _settings(source) -> dict:
+    """The fields of one source: a config mapping (conf/heldout: a one-benchmark file of conf/benchmark/, whose
+    `_target_` is ignored here) or the benchmark object Hydra built from it (its attributes)."""
+    return dict(source) if isinstance(source, Mapping) else dict(vars(source))
+
+
 def _sentences_of(name: str, source: Mapping) -> Iterable[str]:
-    from mmembed.data.evalsets.captions import read_caption_config
+    """The sentences of an STS set (format sts12_16 / stsb / sick) or the captions of a caption file (a format
+    of data.evalsets.captions), told apart by `format`."""
+    from mmembed.data.evalsets.captions import CAPTION_FORMATS, read_caption_config
     from mmembed.data.evalsets.sts import read_sts_config
 
-    task = source.get("task")
-    if task == "sts":
+    fmt = source.get("format")
+    if fmt in STS_FORMATS:
         subsets, _ = read_sts_config(source)
         return [s for pairs in subsets for s in pairs.sentences1 + pairs.sentences2]
-    if task == "retrieval":
+    if fmt in CAPTION_FORMATS:
         return read_caption_config(dict(source, name=name), check_images=False).captions
-    raise DataConfigError(f"heldout.sources.{name}: task {task!r} has no sentences to hold out (expected sts or retrieval)")
+    raise DataConfigError(f"heldout.sources.{name}: format {fmt!r} has no sentences to hold out (expected an STS "
+                          f"format {STS_FORMATS} or a caption format {CAPTION_FORMATS})")
 
 
 def heldout_sentences(sources: Mapping[str, Mapping] | None) -> frozenset[str]:
-    """Every sentence of the named evaluation sets, case and spacing folded (`normalise_caption`)."""
+    """Every sentence of the named evaluation sets, case and spacing folded (`normalise_caption`).
+    Only `format` and the files' settings are read (`_target_` and the benchmark's other settings are not)."""
     out: set[str] = set()
     for name, source in (sources or {}).items():
         if not source:  # `heldout.sources.<name>=null` leaves one set out
             continue
         try:
-            out |= {normalise_caption(s) for s in _sentences_of(name, source)}
+            out |= {normalise_caption(s) for s in _sentences_of(name, _settings(source))}
         except (OSError, ValueError, KeyError) as err:
             if isinstance(err, DataConfigError):
                 raise

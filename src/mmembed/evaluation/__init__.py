@@ -1,2 +1,3 @@
-"""Benchmark evaluation in plain PyTorch: embed each benchmark's inputs once, score them with
-`mmembed.metrics`, and write the numbers with their protocol (`suite.evaluate_suite`)."""
+"""Benchmark evaluation in plain PyTorch: each benchmark task is one typed class (`benchmarks/`, named by `_target_`
+in conf/benchmark/); it embeds its inputs once, scores them with `mmembed.metrics`, and `suite.evaluate_suite`
+writes the numbers with their protocol."""

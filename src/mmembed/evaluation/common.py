@@ -1,20 +1,9 @@
-"""Helpers shared by the benchmark tasks: config access, prompt records, chance levels."""
+"""Helpers shared by the benchmark tasks: prompt records, chance levels, rounding."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from math import prod
-
-
-def option(cfg: Mapping, key: str, default=None):
-    value = cfg.get(key, default)
-    return default if value is None else value
-
-
-def required(cfg: Mapping, key: str):
-    if cfg.get(key) in (None, ""):
-        raise ValueError(f"benchmark {cfg.get('name', '?')!r} ({cfg.get('task')}) needs the setting {key!r}")
-    return cfg[key]
 
 
 def prompt_record(embedder, kind: str, example: str | None = None, category: str | None = None) -> dict:

@@ -23,7 +23,9 @@ def _batches(n: int, batch_size: int, desc: str, progress: bool):
 @torch.inference_mode()
 def encode_texts(embedder, texts: Sequence[str], batch_size: int = 32, desc: str = "texts", progress: bool = True):
     """[len(texts), D] embeddings; each distinct string is embedded once."""
-    if hasattr(embedder, "encode"):  # mmembed.inference.Embedder: global length sort + shared-prefix cache
+    from mmembed.inference.embedder import Embedder
+
+    if isinstance(embedder, Embedder):  # global length sort + shared-prefix cache
         return embedder.encode(texts=list(texts), batch_size=batch_size, progress=progress)
     unique = list(dict.fromkeys(texts))
     order = sorted(range(len(unique)), key=lambda i: len(unique[i]))

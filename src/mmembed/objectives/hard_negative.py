@@ -2,7 +2,7 @@
 
 Rows are `MMEBRows` (mmembed.data.collate): a query and a positive target, each text, an image or an
 image with text (mixed within a batch), and optionally a mined negative target. Each side is embedded
-per modality, with the prompt kinds the MMEB evaluation uses (mmembed.evaluation.tasks_mmeb): text
+per modality, with the prompt kinds the MMEB evaluation uses (mmembed.evaluation.mmeb_inputs): text
 alone -> the "text" prompt around instruction + text; an image alone -> the "image" prompt; an image
 with text -> the "text" prompt around MMEB's text, whose `<image>` puts the image where MMEB puts it.
 The loss is `mmembed.losses.hard_negative.hard_negative_nce` (false-negative filter beta, k hardest

@@ -4,7 +4,7 @@
         --out mined/Flickr8k_t2i.jsonl [--model default --adapter RUN/adapters/last] [--beta 0.1]
 
 Every query and every distinct positive target of the file is embedded with the model (the prompt kinds
-of the MMEB evaluation, `mmembed.evaluation.tasks_mmeb.embed_inputs`); each query's candidates are all
+of the MMEB evaluation, `mmembed.evaluation.mmeb_inputs.embed_inputs`); each query's candidates are all
 the file's targets. Its own positive, and targets scoring above the positive + beta (the stage-2 loss's
 false-negative rule), are left out; the highest-scoring target left becomes the row's `neg_text` /
 `neg_image_path`. Scores are exact (blocks of queries x all targets). Rows are written unchanged
@@ -45,7 +45,7 @@ def hardest_negatives(query: torch.Tensor, target: torch.Tensor, positive: torch
 def mine_file(embedder, path: Path, image_root: Path, beta: float = 0.1, batch_size: int = 32,
               progress: bool = True) -> tuple[list[dict], dict]:
     """(the rows with neg_text / neg_image_path filled in, counts)."""
-    from mmembed.evaluation.tasks_mmeb import embed_inputs
+    from mmembed.evaluation.mmeb_inputs import embed_inputs
 
     rows = read_rows(path)
     queries = [as_input(None, r.get("qry"), r.get("qry_image_path"), image_root, f"{path} row {i}")

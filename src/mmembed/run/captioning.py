@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -16,20 +17,21 @@ log = logging.getLogger(__name__)
 def run_captioning(cfg: DictConfig) -> dict:
     if cfg.get("region") and cfg.region.get("image"):
         return caption_region(cfg)
-    from mmembed.data.evalsets.captions import read_caption_config
-    from mmembed.evaluation.tasks_caption import caption_and_score
+    from mmembed.evaluation.benchmarks.captioning import caption_and_score
+    from mmembed.evaluation.benchmarks.retrieval import CaptionImages
     from mmembed.models.factory import build_embedder
     from mmembed.run.config import model_spec
+    from mmembed.run.evaluation import build_benchmark
     from mmembed.run.folders import ensure_writable
 
-    benchmarks = cfg.suite.benchmarks
-    if cfg.benchmark not in benchmarks:
-        raise ConfigError(f"benchmark={cfg.benchmark!r} is not in suite {cfg.suite.get('suite')!r} "
-                          f"(it has {sorted(benchmarks)})")
-    bench_cfg = OmegaConf.to_container(benchmarks[cfg.benchmark], resolve=True)
+    name = _benchmark_choice()
+    benchmark = build_benchmark(name, cfg.benchmark)
+    if not isinstance(benchmark, CaptionImages):
+        raise ConfigError(f"benchmark={name} ({benchmark.task}) has no caption file to caption; pick one of "
+                          f"conf/benchmark/ that reads one (e.g. flickr8k_1k_test)")
     if cfg.images.get("max_images"):
-        bench_cfg["max_images"] = int(cfg.images.max_images)
-    bench = read_caption_config(bench_cfg)  # missing files fail here, before the model loads
+        benchmark = dataclasses.replace(benchmark, max_images=int(cfg.images.max_images))
+    bench = benchmark.check()  # missing files fail here, before the model loads
     out_dir = ensure_writable(cfg.paths.output_dir)
     embedder = build_embedder(model_spec(cfg, inference=True))
     gen = cfg.generation
@@ -47,6 +49,13 @@ def run_captioning(cfg: DictConfig) -> dict:
               "captions_file": str(captions_file)}
     (Path(out_dir) / "scores.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _benchmark_choice() -> str:
+    """The conf/benchmark/ file `benchmark=` selected (the results' benchmark name)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get("benchmark") if HydraConfig.initialized() else "benchmark"
 
 
 def caption_region(cfg: DictConfig) -> dict:

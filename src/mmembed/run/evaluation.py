@@ -8,14 +8,30 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mmembed.errors import ConfigError
 from mmembed.models.factory import build_embedder
 from mmembed.run.config import model_spec
 
 
-def benchmark_list(eval_cfg: DictConfig) -> list[dict]:
-    """`eval.benchmarks` (name -> settings; a null entry disables it) as plain dicts with their names."""
-    benchmarks = OmegaConf.to_container(eval_cfg.benchmarks, resolve=True) or {}
-    return [dict(cfg, name=cfg.get("name") or key) for key, cfg in benchmarks.items() if cfg]
+def build_benchmark(name: str, settings: DictConfig):
+    """One benchmark object from its config (conf/benchmark/<file>.yaml: `_target_` + typed settings), named `name`
+    unless the config gives its own `name`. A setting the class does not take fails in one line."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    if not OmegaConf.select(settings, "_target_"):
+        raise ConfigError(f"benchmark {name!r}: no _target_ (a benchmark class, e.g. "
+                          f"mmembed.evaluation.benchmarks.sts.STSBenchmark); compose one of conf/benchmark/")
+    try:
+        return instantiate(settings, name=settings.get("name") or name, _convert_="all")
+    except InstantiationException as err:
+        raise ConfigError(f"benchmark {name!r}: {str(err).splitlines()[-1]}") from err
+
+
+def benchmark_list(eval_cfg: DictConfig) -> list:
+    """`eval.benchmarks` (name -> benchmark config; a null entry disables it) as benchmark objects, in order."""
+    benchmarks = eval_cfg.get("benchmarks") or {}
+    return [build_benchmark(str(key), settings) for key, settings in benchmarks.items() if settings]
 
 
 def evaluate_trained(cfg: DictConfig, adapter_dir: Path | None, out_dir: Path, logger=None) -> dict:

@@ -1,0 +1,93 @@
+"""Image-text retrieval (`CaptionRetrievalBenchmark`): text->image and image->text Recall@1/5/10 over a caption
+file's images (a query hits if any positive is in the top k)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from mmembed.data.evalsets.captions import CaptionBenchmark, read_caption_config
+from mmembed.evaluation.benchmarks.base import Benchmark
+from mmembed.evaluation.common import chance_recall, floats, prompt_record
+from mmembed.evaluation.encode import encode_images, encode_rendered_texts, encode_texts
+from mmembed.metrics.retrieval import ImageTextRecall
+
+KS = (1, 5, 10)
+
+
+@dataclass(kw_only=True)
+class CaptionImages(Benchmark):
+    """The caption-file settings of data.evalsets.captions.read_caption_config: `format` (caption_csv /
+    flickr8k_token / coco_json / karpathy), `captions`, `images` (a folder or folders searched in order), the
+    split (`split` + `split_files` or `split_file`, `heldout_splits`), `max_images`, `image_range` and
+    `join_captions` (each image's captions joined into one long text)."""
+
+    format: str
+    captions: str
+    images: str | list[str]
+    split: str | None = None
+    split_files: dict[str, str] | None = None
+    split_file: str | None = None
+    heldout_splits: list[str] = field(default_factory=list)
+    max_images: int | None = None
+    image_range: list[int] | None = None
+    join_captions: bool = False
+    on_error: str = "skip"
+
+    def caption_settings(self) -> dict:
+        return dict(self.settings("format", "captions", "images", "split", "split_files", "split_file",
+                                  "heldout_splits", "max_images", "image_range", "join_captions"))
+
+    def check(self) -> CaptionBenchmark:
+        return read_caption_config(self.caption_settings())
+
+
+@dataclass(kw_only=True)
+class CaptionRetrievalBenchmark(CaptionImages):
+    """`i2i`: embed every caption as a rendered 800x400 image instead of as text (E5-V's I2I setting), drawn with
+    `render` (mmembed.evaluation.text_images.render_text_image's settings)."""
+
+    i2i: bool = False
+    render: dict = field(default_factory=dict)
+    task = "retrieval"
+    needs = frozenset({"text", "image"})
+
+    def run(self, embedder, batch_size: int = 16, progress: bool = True) -> dict:
+        bench, name = self.check(), self.name
+        img_emb, ok, failed = encode_images(
+            embedder, bench.images, batch_size, on_error=self.on_error, desc=f"{name} images", progress=progress
+        )
+        bench = bench.subset(ok)
+        if self.i2i:
+            txt_emb = encode_rendered_texts(embedder, bench.captions, batch_size, desc=f"{name} captions as images",
+                                            progress=progress, **self.render)
+        else:
+            txt_emb = encode_texts(embedder, bench.captions, batch_size, desc=f"{name} captions", progress=progress)
+        metric = ImageTextRecall(ks=KS)
+        metric.update(image_emb=img_emb, image_ids=torch.arange(len(bench.images)))
+        metric.update(text_emb=txt_emb, text_ids=torch.arange(len(bench.captions)),
+                      text_image_ids=torch.tensor(bench.caption_image))
+        per_image = Counter(bench.caption_image)
+        n_img, n_txt = len(bench.images), len(bench.captions)
+        chance = {f"t2i_{k}": v for k, v in chance_recall(n_img, [1] * n_txt, KS).items()}
+        chance.update({f"i2t_{k}": v for k, v in chance_recall(n_txt, [per_image[i] for i in range(n_img)], KS).items()})
+        caption_kind = "image (caption rendered as an 800x400 image)" if self.i2i else "text"
+        protocol = {
+            "task": "retrieval",
+            **bench.meta,
+            "images": n_img,
+            "captions": n_txt,
+            "captions_per_image": sorted(set(per_image.values())),
+            "t2i": f"{n_txt} caption queries vs {n_img} image candidates (1 positive each)",
+            "i2t": f"{n_img} image queries vs {n_txt} caption candidates (hit if any own caption is in the top k)",
+            "caption_input": caption_kind,
+            "unreadable_images_skipped": failed,
+            "chance": floats(chance),
+            "prompts": {
+                "image": prompt_record(embedder, "image"),
+                **({} if self.i2i else {"text": prompt_record(embedder, "text", bench.captions[0])}),
+            },
+        }
+        return {"metrics": floats(metric.compute()), "protocol": protocol}
