@@ -1,6 +1,6 @@
 """Text-only vs image-text: one markdown table and one PNG from a modality-ablation sweep folder.
 
-    python src/train.py -m hparams_search=modality_ablation          # writes logs/modality_ablation/multiruns/<time>/
+    python src/train.py -m ablation=modality_ablation                # writes logs/modality_ablation/multiruns/<time>/
     python experiments/modality_ablation.py logs/modality_ablation/multiruns/<time> \
         [--base logs/eval/runs/<aligned base eval>/results.json] [--out experiments/results/modality_ablation]
 

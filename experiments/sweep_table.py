@@ -1,6 +1,6 @@
 """One markdown table (and a bar plot) from any Hydra multirun folder of `src/train.py` jobs.
 
-    python src/train.py -m hparams_search=unime_tau experiment=unime_stage1 hydra.sweep.dir=logs/tau
+    python src/train.py -m ablation=unime_tau experiment=unime_stage1 hydra.sweep.dir=logs/tau
     python experiments/sweep_table.py logs/tau [--metrics val/sts_spearman eval/stsb/spearman] \
         [--out experiments/results/unime_tau]
     python experiments/sweep_table.py logs/beta_k --metrics mean:train/false_negative_fraction \

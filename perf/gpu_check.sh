@@ -15,4 +15,4 @@ export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
 export MMEMBED_DATA="${MMEMBED_DATA:-$REPO/../shared/data}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
 # A hard stop under 8 minutes, whatever a check does.
-exec timeout --kill-after=10 470 "$PY" "$REPO/benchmarks/gpu_check.py" "${1:-gpu_check.json}"
+exec timeout --kill-after=10 470 "$PY" "$REPO/perf/gpu_check.py" "${1:-gpu_check.json}"

@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> float | None:
     except MMEmbedError as err:  # a setting or file to fix: one line. Anything else keeps its traceback.
         log.error("%s: %s", type(err).__name__, err)
         sys.exit(2)
-    # The value Hydra sweepers optimise (see conf/hparams_search).
+    # The value a search sweeper (conf/hparams_search) optimises; the fixed grids of conf/ablation ignore it.
     metric = cfg.get("optimized_metric")
     return summary["metrics"].get(metric) if metric else None
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
+from tests.scripts import load_script
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the script would run the checks")
@@ -29,10 +30,7 @@ def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
 
 
 def load_gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "perf" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("perf/gpu_check.py")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")

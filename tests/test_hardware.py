@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mmembed.hardware import ENV, cpu_has_native_bf16, cpu_train_precision
 from tests.pipeline.helpers import compose_train, run_train_cli
 
@@ -33,6 +35,7 @@ def test_the_environment_overrides_and_the_config_resolves_it(tmp_path, monkeypa
     assert compose_train(["trainer.precision=32-true"], tmp_path).trainer.precision == "32-true"
 
 
+@pytest.mark.slow  # a src/train.py process that trains 2 steps
 def test_a_run_on_the_default_precision_trains(tiny_smol_llava_dir, tmp_path, monkeypatch):
     monkeypatch.delenv(ENV)  # what a user gets: the machine's choice
     run = tmp_path / "run"

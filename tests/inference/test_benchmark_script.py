@@ -3,7 +3,6 @@ run plan is the real entry point's, alternating."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,13 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.scripts import load_script
 
 
 def bench_module(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "perf" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"perf/{name}.py")
 
 
 @pytest.mark.slow

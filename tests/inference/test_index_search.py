@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 
@@ -16,6 +15,7 @@ from mmembed.errors import ConfigError, DataConfigError
 from mmembed.inference.cli import main
 from mmembed.inference.index import choose_backend, load_index, search, write_index
 from tests.conftest import REPO
+from tests.scripts import load_script
 
 CAPTIONS = [
     "A black dog runs across a green field.",
@@ -29,9 +29,7 @@ CAPTIONS = [
 def embed(model_dir, out, *overrides, run_dir=None):
     """`python src/embed.py model.name_or_path=<model_dir> out=<out> ...`, in this process (Hydra compose
     + the script's run()); returns its summary."""
-    spec = importlib.util.spec_from_file_location("embed_script", REPO / "src" / "embed.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("src/embed.py", "embed_script")
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("embed", [f"model.name_or_path={model_dir}", f"out={out}", "trainer.enable_progress_bar=false",
                                 *overrides], return_hydra_config=False)

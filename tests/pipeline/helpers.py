@@ -25,6 +25,13 @@ def compose_train(overrides: list[str], output_dir) -> object:
     return cfg
 
 
+def compose_train_with_hydra(overrides: list[str]) -> object:
+    """The composed train config with its `hydra` section (sweeper params, mode, group choices) kept."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
 def run_train_cli(args: list[str], cwd=REPO, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(

@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from tests.conftest import REPO
-from tests.pipeline.helpers import compose_train, run_train_cli
+from tests.pipeline.helpers import compose_train, compose_train_with_hydra, run_train_cli
+from tests.scripts import load_script
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 
@@ -52,6 +55,57 @@ def test_experiment_and_debug_files_override_root_values(tmp_path):
     assert debug.task_name == "debug" and debug.validate_before_training is False
 
 
+@pytest.mark.parametrize("experiment", ["mmgem", "mmgem_regions"])
+def test_an_arm_zeroes_one_weight_and_names_the_run_folder(experiment, tmp_path):
+    """MM-GEM's arms (conf/arm/) differ from the joint run in one objective weight and the log folder only."""
+    def without_arm(cfg):
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        return plain.pop("task_name"), plain.pop("arm_suffix"), plain["objective"].pop("weights"), plain
+
+    joint = without_arm(compose_train([f"experiment={experiment}"], tmp_path))
+    assert joint[:3] == (experiment, "", {"image_text": 1.0, "captioning": 1.0})
+    arms = {"embedding_only": {"image_text": 1.0, "captioning": 0.0},
+            "captioning_only": {"image_text": 0.0, "captioning": 1.0}}
+    for arm, weights in arms.items():
+        task_name, suffix, arm_weights, rest = without_arm(
+            compose_train([f"experiment={experiment}", f"arm={arm}"], tmp_path))
+        assert (task_name, suffix, arm_weights) == (f"{experiment}_{arm}", f"_{arm}", weights)
+        assert rest == joint[3]
+
+
+# Each fixed grid of conf/ablation/ with the experiment its usage line names (the conflict and modality grids
+# sweep the experiment themselves).
+ABLATION_GRIDS = {"modality_ablation": [], "mmgem_conflict": [], "mmgem_region_conflict": [],
+                  "temperature": ["experiment=text_only"], "unime_beta_k": ["experiment=unime_stage2"],
+                  "unime_objective": ["experiment=unime_stage1"], "unime_tau": ["experiment=unime_stage1"]}
+
+
+def test_every_ablation_grid_is_listed():
+    assert set(ABLATION_GRIDS) == {p.stem for p in (REPO / "conf" / "ablation").glob("*.yaml")}
+
+
+@pytest.mark.parametrize("grid", sorted(ABLATION_GRIDS))
+def test_ablation_grid_is_a_multirun_whose_first_job_composes(grid, tmp_path):
+    cfg = compose_train_with_hydra([f"ablation={grid}", *ABLATION_GRIDS[grid]])
+    assert cfg.hydra.mode == RunMode.MULTIRUN
+    first = {key: str(values).split(",")[0] for key, values in cfg.hydra.sweeper.params.items()}
+    assert first
+    # The job the basic sweeper starts with: each parameter at its first value, a group choice or a setting.
+    job = compose_train_with_hydra([f"ablation={grid}", *ABLATION_GRIDS[grid], *(f"{k}={v}" for k, v in first.items())])
+    for key, value in first.items():
+        chosen = job.hydra.runtime.choices.get(key, OmegaConf.select(job, key))
+        assert str(chosen) == value, key
+
+
+def test_mmgem_conflict_grids_sweep_the_three_arms_in_table_order(tmp_path):
+    for grid, experiment in (("mmgem_conflict", "mmgem"), ("mmgem_region_conflict", "mmgem_regions")):
+        cfg = compose_train_with_hydra([f"ablation={grid}"])
+        assert dict(cfg.hydra.sweeper.params) == {"experiment": experiment,
+                                                  "arm": "embedding_only,captioning_only,joint"}
+        assert cfg.task_name == grid  # sweeps write logs/<grid>/multiruns/<time>/<job>
+
+
+@pytest.mark.slow  # a src/train.py process (Python, Hydra and Lightning start-up)
 def test_missing_data_names_the_setting(tiny_smol_llava_dir, tmp_path):
     result = run_train_cli(
         ["experiment=text_only", f"model.name_or_path={tiny_smol_llava_dir}", f"paths.data_root={tmp_path}/nowhere",
@@ -72,20 +126,24 @@ def test_sweep_of_all_experiments_with_fast_dev_run(tiny_smol_llava_dir, tmp_pat
     # end to end, plain and under GradCache, in tests/objectives/test_hard_negative_objective.py.
     swept = [e for e in EXPERIMENTS if e not in ("unime_stage1", "unime_stage2")]
     text = [e for e in swept if "train_files" in compose_train([f"experiment={e}"], tmp_path).data]
-    groups = {"text": (text, [f"data.train_files=[{REPO.parent}/shared/data/nli/snli_dev_simcse_triplets.csv]"]),
-              "image": ([e for e in swept if e not in text], [])}
-    assert groups["text"][0] and groups["image"][0]
-    for name, (experiments, extra) in groups.items():
+    image = [e for e in swept if e not in text]
+    assert text and image
+    # {group: (sweep overrides, number of jobs)}; MM-GEM's recipes also run their two single-part arms.
+    groups = {"text": ([f"experiment={','.join(text)}",
+                        f"data.train_files=[{REPO.parent}/shared/data/nli/snli_dev_simcse_triplets.csv]"], len(text)),
+              "image": ([f"experiment={','.join(image)}"], len(image)),
+              "arms": (["experiment=mmgem,mmgem_regions", "arm=embedding_only,captioning_only"], 4)}
+    for name, (sweep, jobs) in groups.items():
         result = run_train_cli(
-            ["-m", f"experiment={','.join(experiments)}", "debug=fast_dev_run", f"model.name_or_path={tiny_smol_llava_dir}",
+            ["-m", *sweep, "debug=fast_dev_run", f"model.name_or_path={tiny_smol_llava_dir}",
              "trainer.accelerator=cpu", "trainer.precision=32-true", "model.dtype=float32", "data.train_limit=64",
-             "data.batch_size=4", f"paths.models_dir={tmp_path}/models", f"paths.cache_dir={tmp_path}/cache", *extra,
+             "data.batch_size=4", f"paths.models_dir={tmp_path}/models", f"paths.cache_dir={tmp_path}/cache",
              f"hydra.sweep.dir={tmp_path}/{name}"],
             timeout=900,
         )
         assert result.returncode == 0, result.stderr[-3000:]
         summaries = sorted(Path(tmp_path, name).glob("*/train_summary.json"))
-        assert len(summaries) == len(experiments)
+        assert len(summaries) == jobs
         assert all(json.loads(s.read_text())["global_step"] == 1 for s in summaries)
 
 
@@ -103,14 +161,14 @@ def test_multirun_over_temperatures(tiny_smol_llava_dir, tmp_path):
 
 @pytest.mark.slow
 def test_modality_ablation_sweep_runs_six_jobs_and_tabulates(tiny_smol_llava_dir, tmp_path):
-    """`-m hparams_search=modality_ablation`: {text_only, image_text} x seeds {1, 2, 3}, each trained and
+    """`-m ablation=modality_ablation`: {text_only, image_text} x seeds {1, 2, 3}, each trained and
     evaluated; the experiments script turns the sweep folder into the table and the plot."""
     small_eval = ["evaluation.benchmarks.flickr8k_1k_test.max_images=6", "evaluation.modality_gap.max_images=6",
                   # eval=modality_ablation has no STS12 / SICK-R already (null: ~ cannot delete them)
                   *[f"~evaluation.benchmarks.{b}" for b in ("cirr_local", "imagenet1k")],
                   "evaluation.benchmarks.stsb.split=dev", "evaluation.progress=false"]
     result = run_train_cli(
-        ["-m", "hparams_search=modality_ablation", f"model.name_or_path={tiny_smol_llava_dir}", "trainer.max_steps=2",
+        ["-m", "ablation=modality_ablation", f"model.name_or_path={tiny_smol_llava_dir}", "trainer.max_steps=2",
          "data.batch_size=4", "data.val_limit=8", "data.val_batch_size=8", *small_eval, f"hydra.sweep.dir={tmp_path}/sweep"],
         timeout=900,
     )
@@ -122,12 +180,7 @@ def test_modality_ablation_sweep_runs_six_jobs_and_tabulates(tiny_smol_llava_dir
     assert all("eval/stsb/spearman" in s["evaluation"]["metrics"] for s in summaries)
     assert all((j.parent / "eval" / "modality_gap.png").is_file() for j in jobs)
 
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("modality_ablation", REPO / "experiments" / "modality_ablation.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    text = script.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "table")])
+    text = load_script("experiments/modality_ablation.py").main([str(tmp_path / "sweep"), "--out", str(tmp_path / "table")])
     assert "text_only (mean ± sd, seeds 1, 2, 3)" in text and "image_text (mean ± sd, seeds 1, 2, 3)" in text
     assert "| vision tower in memory | False | True |" in text
     assert (tmp_path / "table.png").is_file()
