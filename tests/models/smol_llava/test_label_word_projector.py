@@ -220,3 +220,20 @@ def test_generation_from_pixels_equals_generation_from_their_tower_features():
     assert from_pixels.sequences.tolist() == from_maps.sequences.tolist()
     for a, b in zip(from_pixels.logits, from_maps.logits, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_alignment_trains_every_parameter_it_marks_trainable():
+    """projector.requires_grad_(True) (what experiment=align does) leaves the head frozen: it only picks label
+    ids under no_grad, and a trainable parameter without a gradient makes DDP fail at the second step."""
+    from mmembed.models.smol_llava.projectors.label_words import LabelWordProjector
+    from mmembed.models.smol_llava.projectors.mlp import MLPProjector
+
+    projector = LabelWordProjector(vision_dim=6, num_classes=5, seq_length=4, max_name_tokens=2, top_k=2,
+                                   mlp=MLPProjector(6, 8))
+    projector.requires_grad_(False).requires_grad_(True)
+    embed = torch.nn.Embedding(10, 8).requires_grad_(False)
+    tokens, valid = projector(torch.randn(3, 5, 6), embed)
+    tokens.sum().backward()
+    trainable = {name for name, p in projector.named_parameters() if p.requires_grad}
+    assert trainable == {name for name, p in projector.named_parameters() if p.grad is not None}
+    assert not any(name.startswith("classifier") for name in trainable) and "mlp_weight" in trainable

@@ -89,6 +89,13 @@ class LabelWordProjector(Projector):
     def project(self, features: torch.Tensor, embed_tokens: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         return self(features, embed_tokens)
 
+    def requires_grad_(self, requires_grad: bool = True) -> LabelWordProjector:
+        """The head only picks label ids (under no_grad): it never receives a gradient, so it never trains.
+        Leaving it trainable would make DDP wait for its gradient and fail at the second step."""
+        super().requires_grad_(requires_grad)
+        self.classifier.requires_grad_(False)
+        return self
+
     def valid_positions(self, features: torch.Tensor) -> torch.Tensor:
         return self.label_ids(features)[1]
 
