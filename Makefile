@@ -35,11 +35,12 @@ train: prepare
 eval: prepare
 	$(BIN)/python src/eval.py $(ARGS)
 
-# The README's test command: the whole suite, slow tests included (about 10-15 min on 2 cores).
+# The README's test command: the whole suite, slow and multi-process tests included.
 test: prepare
 	$(BIN)/python -m pytest -q $(ARGS)
 
-# Everything but the slow and multi-process tests (about 3 minutes here).
+# Everything but the slow tests (> ~5 s each: training, a real model, a CLI in a fresh process) and the
+# multi-process ones: the quick check while editing.
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not distributed" $(ARGS)
 

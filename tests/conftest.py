@@ -37,9 +37,9 @@ def default_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_smol_llava_dir(smol_tokenizer_dir, tmp_path_factory) -> Path:
-    from tests.tiny_models import build_tiny_smol_llava
+    from tests.tiny_models import build_tiny
 
-    return build_tiny_smol_llava(smol_tokenizer_dir, tmp_path_factory.mktemp("tiny_smol_llava"))
+    return build_tiny("smol_llava", smol_tokenizer_dir, tmp_path_factory.mktemp("tiny_smol_llava"))
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +49,8 @@ def smol_tokenizer_dir(tmp_path_factory) -> Path:
     tokenizer do not assemble the 135M-parameter model."""
     from transformers import AutoTokenizer
 
-    from mmembed.models.smol_llava.assembly import IMAGE_TOKEN, build_processor, gguf_location
+    from mmembed.models.smol_llava.assembly import gguf_location
+    from mmembed.models.smol_llava.processor import IMAGE_TOKEN, build_processor
 
     folder, name = gguf_location()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)

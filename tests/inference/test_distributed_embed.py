@@ -7,7 +7,6 @@ the number of ranks, so a shard's batches, and hence its vectors, are the same o
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -19,6 +18,7 @@ from mmembed.inference import Embedder, shards
 from mmembed.inference.cli import read_corpus
 from mmembed.inference.index import load_index
 from tests.conftest import REPO
+from tests.distributed import ddp_subprocess_env
 from tests.inference.conftest import noise_image
 from tests.inference.test_index_search import embed
 
@@ -27,10 +27,9 @@ TEXTS = ["a dog runs on the beach", "two cats", "a red car parked outside a smal
 
 
 def embed_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("MASTER_PORT", None)  # Lightning picks a free port
     return subprocess.run([sys.executable, str(REPO / "src" / "embed.py"), "trainer.enable_progress_bar=false", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+                          cwd=REPO, env=ddp_subprocess_env(), capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def ddp_args(model_dir, texts, out, run_dir) -> list[str]:
@@ -152,6 +151,7 @@ def messy_images(tmp_path):
     return folder.resolve()  # the index records resolved paths
 
 
+@pytest.mark.slow  # two embedding runs, each decoding in a DataLoader worker process
 def test_unreadable_images_are_skipped_listed_and_embedded_once_fixed(tiny_smol_llava_dir, messy_images, tmp_path):
     out = tmp_path / "out"
     args = (f"input.images={messy_images}", "shard_size=3", "batch_size=2", "num_workers=1")  # decoded in a worker
@@ -184,6 +184,7 @@ def test_on_error_raise_stops_at_the_first_unreadable_image(tiny_smol_llava_dir,
     assert not list((tmp_path / "out").glob("shard-*"))
 
 
+@pytest.mark.slow  # a src/embed.py process (Python, Hydra and Lightning start-up)
 def test_text_file_not_utf8_is_one_clear_cli_error(tiny_smol_llava_dir, tmp_path):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("plain line\ncafé au lait\n".encode("latin-1"))

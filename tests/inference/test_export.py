@@ -30,6 +30,7 @@ FRESH = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh Python process loads the exported model
 def test_export_merged_loads_in_fresh_process_with_same_embeddings(
     tiny_dir, lora_adapter_dir, image_folder, tmp_path, capsys
 ):

@@ -238,6 +238,7 @@ def test_reading_checks_the_sidecar_and_the_expected_shape(indexes, tmp_path):
         read_index(path)
 
 
+@pytest.mark.slow  # two perf script processes building FAISS indexes
 def test_benchmark_script_runs_end_to_end(tmp_path):
     """perf/faiss_indexes.py at a tiny size: every kind reports, flat is its own exact reference."""
     out, raw = tmp_path / "faiss.md", tmp_path / "faiss.json"

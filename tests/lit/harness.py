@@ -4,9 +4,11 @@ In-process (tests): `run(model_dir, out_dir, devices=1, ...)` returns the adapte
 weights after training plus the logged metrics. As a script, Lightning's `strategy=ddp` re-launches
 this file once per extra rank (so it imports only mmembed, never `tests`):
 
-    python tests/lit/harness.py MODEL_DIR OUT_DIR --devices 2 --batch-size 2 [--chunk-size 2] [--validate]
+    python tests/lit/harness.py MODEL_DIR OUT_DIR --devices 2 --batch-size 2 [--chunk-sizes 0 2] [--validate]
 
-Rank 0 writes OUT_DIR/result.pt. Inputs are left-padded to a fixed length so every process sees
+One run per chunk size (0: no GradCache), one after the other in the same processes and process group
+(each run re-seeds and builds its model afresh, so runs do not see each other); rank 0 writes
+OUT_DIR/result_chunk{N}.pt for each, and `--validate` validates before the first run. Inputs are left-padded to a fixed length so every process sees
 identical tensors whatever its share of the batch (only the batch dimension differs).
 """
 
@@ -152,6 +154,7 @@ def run(
     chunked_forward: int | None = None,
     validate: bool = False,
     lr: float = 1e-2,
+    out_name: str = "result.pt",
 ) -> dict:
     L.seed_everything(0, verbose=False)
     embedder = make_embedder(model_dir, dropout=dropout)
@@ -192,7 +195,7 @@ def run(
         world_size=trainer.world_size,
     )
     if out_dir is not None and trainer.is_global_zero:
-        torch.save(result, Path(out_dir) / "result.pt")
+        torch.save(result, Path(out_dir) / out_name)
     return result
 
 
@@ -202,13 +205,14 @@ def main() -> None:
     ap.add_argument("out_dir")
     ap.add_argument("--devices", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--chunk-size", type=int, default=None)
+    ap.add_argument("--chunk-sizes", type=int, nargs="+", default=[0], help="one run per value; 0: no GradCache")
     ap.add_argument("--validate", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    run(args.model_dir, args.out_dir, devices=args.devices, batch_size=args.batch_size, chunk_size=args.chunk_size,
-        validate=args.validate)
+    for i, chunk in enumerate(args.chunk_sizes):
+        run(args.model_dir, args.out_dir, devices=args.devices, batch_size=args.batch_size, chunk_size=chunk or None,
+            validate=args.validate and i == 0, out_name=f"result_chunk{chunk}.pt")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Tolerances (float32): adapter gradients max|diff| / max|grad| <= 1e-5, losses 1e
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import REPO
+from tests.distributed import ddp_subprocess_env
 from tests.lit import harness
 from tests.lit.helpers import rel_diff
 
@@ -30,14 +31,14 @@ GRAD_RTOL = 1e-5
 LOSS_ATOL = 1e-5
 
 
-def launch_ddp(model_dir, out_dir: Path, *extra: str) -> dict:
+def launch_ddp(model_dir, out_dir: Path, chunk_sizes: list[int], *extra: str) -> dict[int, dict]:
+    """One 2-process launch that runs once per chunk size (0: plain) in turn; {chunk size: rank 0's result}."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("MASTER_PORT", None)  # Lightning picks a free port
-    cmd = [sys.executable, harness.__file__, str(model_dir), str(out_dir), "--devices", "2", "--batch-size", "2", *extra]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, harness.__file__, str(model_dir), str(out_dir), "--devices", "2", "--batch-size", "2",
+           "--chunk-sizes", *map(str, chunk_sizes), *extra]
+    proc = subprocess.run(cmd, env=ddp_subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return torch.load(out_dir / "result.pt")
+    return {chunk: torch.load(out_dir / f"result_chunk{chunk}.pt") for chunk in chunk_sizes}
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +47,19 @@ def single(tiny_smol_llava_dir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ddp_plain(tiny_smol_llava_dir, tmp_path_factory) -> dict:
-    return launch_ddp(tiny_smol_llava_dir, tmp_path_factory.mktemp("ddp_plain"), "--validate")
+def ddp_runs(tiny_smol_llava_dir, tmp_path_factory) -> dict[int, dict]:
+    """Validation, a plain step and a GradCache step (chunk 2) in one launch: one start-up of 2 processes."""
+    return launch_ddp(tiny_smol_llava_dir, tmp_path_factory.mktemp("ddp"), [0, 2], "--validate")
 
 
 @pytest.fixture(scope="module")
-def ddp_gradcache(tiny_smol_llava_dir, tmp_path_factory) -> dict:
-    return launch_ddp(tiny_smol_llava_dir, tmp_path_factory.mktemp("ddp_gradcache"), "--chunk-size", "2")
+def ddp_plain(ddp_runs) -> dict:
+    return ddp_runs[0]
+
+
+@pytest.fixture(scope="module")
+def ddp_gradcache(ddp_runs) -> dict:
+    return ddp_runs[2]
 
 
 def _check_equal_to_single(ddp: dict, single: dict) -> None:
@@ -82,15 +89,14 @@ def test_ddp_validation_deduplicates_and_matches_one_process(ddp_plain, single):
 
 def test_train_cli_with_trainer_ddp_on_two_cpu_processes(tiny_smol_llava_dir, tmp_path):
     """`python src/train.py trainer=ddp ...`: Lightning re-launches the Hydra script for rank 1."""
-    from tests.pipeline.helpers import run_train_cli
-
     run_dir = tmp_path / "run"
-    proc = run_train_cli([
+    proc = subprocess.run([
+        sys.executable, str(REPO / "src" / "train.py"),
         "experiment=text_only", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
         "trainer.precision=32-true", "trainer.max_steps=2", "data.batch_size=2", "data.val_limit=7",
         "data.val_batch_size=2", "grad_cache.chunk_size=3",
         f"model.name_or_path={tiny_smol_llava_dir}", f"hydra.run.dir={run_dir}",
-    ])
+    ], cwd=REPO, env=ddp_subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["global_step"] == 2

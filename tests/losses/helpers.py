@@ -1,17 +1,13 @@
-"""Tiny seeded encoders, data and a 2-process gloo launcher shared by the loss tests.
-
-The launcher uses `torch.multiprocessing.spawn` with a `file://` rendezvous in a temporary folder
-(no TCP port to race for); each rank writes its results with `torch.save` for the parent to check.
-"""
+"""Tiny seeded encoders and data shared by the loss tests; `run_distributed` (tests/distributed.py)
+runs a function on 2 gloo CPU processes."""
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tests.distributed import run_distributed  # noqa: F401  (the loss and objective tests import it from here)
 
 IN_DIM, HIDDEN, OUT_DIM = 16, 32, 8
 GLOBAL_BATCH = 8
@@ -67,26 +63,3 @@ def encode_as_ranks(model, groups, chunk_size: int, seeds: list[int]) -> list[to
             states[r] = torch.get_rng_state()
         out.append(torch.cat(parts))
     return out
-
-
-def _entry(rank: int, world: int, init_file: str, out_dir: str, target) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        torch.save(target(rank, world), Path(out_dir) / f"rank{rank}.pt")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def run_distributed(target, tmp_path: Path, world: int = 2) -> list[dict]:
-    """Run `target(rank, world) -> dict` on `world` gloo CPU processes; return each rank's dict."""
-    import torch.multiprocessing as mp
-
-    init_file = tmp_path / "rendezvous"
-    if init_file.exists():
-        os.remove(init_file)
-    mp.spawn(_entry, args=(world, str(init_file), str(tmp_path), target), nprocs=world, join=True)
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]

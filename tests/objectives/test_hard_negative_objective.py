@@ -131,6 +131,7 @@ def _stage2_args(model_dir, folder, images, tmp_path, *extra):
             *extra]
 
 
+@pytest.mark.slow  # two training runs
 def test_unime_stage2_trains_and_gradcache_gives_the_same_steps(tiny_smol_llava_dir, tmp_path):
     folder, images = _train_folder(tmp_path, n=8)
     plain = run_training(compose_train(_stage2_args(tiny_smol_llava_dir, folder, images, tmp_path), tmp_path / "a"))
