@@ -261,10 +261,10 @@ def _main(args) -> int:
     if not args.table_only:
         env_cache = os.environ.get("MMEMBED_CACHE", str(Path.home() / ".cache" / "mmembed"))
         data_root = os.environ.get("MMEMBED_DATA", str(REPO.parent / "shared" / "data"))
+        stages = list(dict.fromkeys(s for _, row in rows for s in row.stages))
+        per_run = parse_per_run(args.set, {s.run for s in stages})  # a bad --set fails before any build
         ensure_mini_mmeb(Path(env_cache), Path(data_root))
         out.mkdir(parents=True, exist_ok=True)
-        stages = list(dict.fromkeys(s for _, row in rows for s in row.stages))
-        per_run = parse_per_run(args.set, {s.run for s in stages})
         for i, stage in enumerate(stages, 1):
             position = f"[{i}/{len(stages)}]"
             if stage.after in failed:
