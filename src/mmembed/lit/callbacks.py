@@ -14,6 +14,7 @@ import psutil
 
 from mmembed.models.backbones import vision_modules
 from mmembed.models.lora import BASE_ADAPTER_DIR
+from mmembed.models.model_record import save_model_record
 from mmembed.models.prompts import save_prompts
 
 
@@ -31,6 +32,7 @@ class AdapterSaver(L.Callback):
         self.dirpath = Path(dirpath)
         self.keep_every_validation = keep_every_validation
         self.base_adapter = Path(base_adapter).resolve() if base_adapter else None
+        self.model_record: dict | None = None  # set by the run: base, extension, pooler (mmembed_model.json)
 
     def _save(self, pl_module: L.LightningModule, name: str) -> Path:
         target = self.dirpath / name
@@ -40,6 +42,8 @@ class AdapterSaver(L.Callback):
         tmp = self.dirpath / f".{name}.tmp"
         model.save_pretrained(str(tmp))
         save_prompts(pl_module.embedder.renderer.config, tmp)  # loaders render what training rendered
+        if self.model_record is not None:
+            save_model_record(self.model_record, tmp)  # the extension and pooler a loader must rebuild
         if self.base_adapter is not None:
             shutil.copytree(self.base_adapter, tmp / BASE_ADAPTER_DIR, dirs_exist_ok=True)
         if target.exists():

@@ -20,6 +20,7 @@ from mmembed.errors import ConfigError
 from mmembed.models.backbones import BackboneLoadError, load_backbone, projector_module
 from mmembed.models.embedder import MLLMEmbedder
 from mmembed.models.featurizer import Featurizer
+from mmembed.models.model_record import fill_from_record
 from mmembed.models.model_sources import load_processor_parts
 from mmembed.models.prompts import PromptConfig, saved_prompts
 
@@ -82,6 +83,7 @@ def build_featurizer(spec: ModelSpec) -> Featurizer:
     """The spec's featurizer (tokenizer, processor, resolved prompts), without loading any weights.
 
     Built once, with its final prompts and class: the extension adjusts the processor before, not a copy after."""
+    fill_from_record(spec)  # an adapter folder names the extension and pooler it was trained with
     try:
         parts = load_processor_parts(spec.name_or_path, trust_remote_code=spec.trust_remote_code,
                                      padding_side=spec.padding_side, cache_dir=spec.cache_dir)
@@ -125,6 +127,7 @@ def build_embedder(
     train_projector: bool = False,
 ) -> MLLMEmbedder:
     """Backbone -> (saved adapter) -> (fresh LoRA and/or a trainable projector when training) -> embedder."""
+    fill_from_record(spec)
     from mmembed.models.lora import apply_lora, load_adapter
     from mmembed.models.quantization import prepare_for_kbit_training, quantization_config
 

@@ -93,14 +93,28 @@ def run_training(cfg: DictConfig) -> dict:
     return summary
 
 
+def adapter_model_record(cfg: DictConfig) -> dict:
+    """The base, model extension and pooler of this run, as `_target_` records (mmembed.models.model_record)."""
+    def plain(node):
+        return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+    return {"base": str(cfg.model.name_or_path), "extension": plain(cfg.model.get("extension")),
+            "pooler": plain(cfg.get("pooler"))}
+
+
 def _build_trainer(cfg: DictConfig, trainer_overrides: dict):
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     from mmembed.lit.checkpoint_io import AtomicCheckpointIO, ResumeState
 
+    from mmembed.lit.callbacks import AdapterSaver
+
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(ResumeState())  # RNG states in checkpoints: a resumed run continues exactly
+    for callback in callbacks:
+        if isinstance(callback, AdapterSaver):  # each adapter folder says what else it needs to load
+            callback.model_record = adapter_model_record(cfg)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     if not logger:  # `~logger`: Lightning refuses a LearningRateMonitor without a logger; it has nothing to do
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

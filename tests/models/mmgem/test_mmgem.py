@@ -167,6 +167,13 @@ def test_experiment_mmgem_trains_two_steps_and_writes_an_adapter_that_loads(tiny
     loaded = build_embedder(_spec(tiny_smol_llava_dir, adapter=str(adapter)))
     with torch.no_grad():
         assert loaded.encode_image(_images(2)).shape[0] == 2
+    # by its folder alone: the adapter's mmembed_model.json names the extension (no model=mmgem needed)
+    from mmembed.inference import Embedder
+
+    by_folder = Embedder.from_pretrained(tiny_smol_llava_dir, adapter=adapter, dtype="float32")
+    with torch.no_grad():
+        assert torch.allclose(by_folder.encode_text(["a dog"]), loaded.encode_text(["a dog"]), atol=1e-5)
+        assert torch.allclose(by_folder.encode_image(_images(2)), loaded.encode_image(_images(2)), atol=1e-5)
 
 
 def test_conflict_arms_leave_the_zero_weighted_part_out(tmp_path):
