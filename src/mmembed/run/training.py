@@ -106,9 +106,8 @@ def _build_trainer(cfg: DictConfig, trainer_overrides: dict):
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from mmembed.lit.checkpoint_io import AtomicCheckpointIO, ResumeState
-
     from mmembed.lit.callbacks import AdapterSaver
+    from mmembed.lit.checkpoint_io import AtomicCheckpointIO, ResumeState
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(ResumeState())  # RNG states in checkpoints: a resumed run continues exactly
