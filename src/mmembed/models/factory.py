@@ -155,6 +155,8 @@ def build_embedder(
             raise ConfigError("training on top of an unmerged adapter: set merge_adapter=true")
         extras = extension.lora_options(backbone.model, featurizer.tokenizer) if extension is not None else {}
         backbone.model = apply_lora(backbone.model, lora.r, lora.alpha, lora.dropout, lora.target_modules, **extras)
+        if extension is not None:
+            extension.finalize_trainable(backbone.model)
     if trainable and train_projector:
         if spec.text_only:
             raise ConfigError("train_projector=true needs the vision modules: set model.text_only=false")

@@ -218,3 +218,16 @@ def test_the_same_recipe_on_a_llava_checkpoint(smol_tokenizer_dir, tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded.encode_image(_images(3)), images, atol=1e-5)
         assert torch.allclose(loaded.encode_text(["a dog", "a red car"]), texts, atol=1e-5)
+
+
+@pytest.mark.parametrize("train,heads,emb", [(("emb", "h1"), {"h1"}, 1), (("h2",), {"h2"}, 0)])
+def test_an_arm_trains_only_the_parts_its_objective_reaches(tiny_smol_llava_dir, train, heads, emb):
+    """conf/arm/*: the embedding arm never runs h2 and the captioning arm never runs h1 or the [EMB] row;
+    a trainable part without a gradient makes DDP fail at the second step, so those parts stay frozen."""
+    spec = _spec(tiny_smol_llava_dir, extension={"train": train})
+    embedder = build_embedder(spec, trainable=True, lora=LoraSpec(r=4, alpha=8, dropout=0.0))
+    trainable = [n for n, p in embedder.model.named_parameters() if p.requires_grad]
+    assert {h for h in ("h1", "h2") if any(f"modules_to_save.default.{h}." in n for n in trainable)} == heads
+    assert sum("trainable_tokens_delta" in n for n in trainable) == emb
+    with pytest.raises(ConfigError, match="model.extension.train"):
+        MMGEMExtension(train=("h3",))

@@ -39,6 +39,7 @@ from mmembed.models.featurizer import Featurizer
 from mmembed.models.mmgem.heads import MMGEMVisionHeads, global_route, region_route
 
 IMAGE_EMBEDDINGS = ("h1", "llm")
+TRAINABLE_PARTS = ("emb", "h1", "h2")
 # Prompt kinds whose inputs are a lone image (no text): the dual tower embeds these with h1.
 IMAGE_ONLY_KINDS = ("image", "cir_target", "fiq_target")
 
@@ -56,10 +57,18 @@ class MMGEMExtension:
     pool_mode: str = "avg"
     image_embedding: str = "h1"
     seed: int = 0
+    # What trains: the [EMB] row ("emb"), the image-embedding head ("h1"), the caption-prefix head ("h2").
+    # An arm of the conflict ablation trains only what its objective reaches (conf/arm/): a trainable part
+    # that gets no gradient makes DDP fail at the second step.
+    train: tuple[str, ...] = TRAINABLE_PARTS
 
     def __post_init__(self):
         if self.image_embedding not in IMAGE_EMBEDDINGS:
             raise ConfigError(f"model.extension.image_embedding={self.image_embedding!r}: expected one of {IMAGE_EMBEDDINGS}")
+        self.train = tuple(self.train)
+        unknown = sorted(set(self.train) - set(TRAINABLE_PARTS))
+        if unknown or not self.train:
+            raise ConfigError(f"model.extension.train={list(self.train)}: a non-empty subset of {list(TRAINABLE_PARTS)}")
         if self.grid < 1:
             raise ConfigError(f"model.extension.grid={self.grid} must be >= 1")
 
@@ -110,10 +119,25 @@ class MMGEMExtension:
     def lora_options(self, model: nn.Module, tokenizer) -> dict:
         """peft LoraConfig extras: train and save the [EMB] row and the heads with the adapter."""
         embed_name = _module_name(unwrap(model), unwrap(model).get_input_embeddings())
-        options = {"trainable_token_indices": {embed_name.rsplit(".", 1)[-1]: [self.emb_token_id(tokenizer)]}}
-        if isinstance(getattr(unwrap(model).model, "multi_modal_projector", None), MMGEMVisionHeads):
+        options = {}
+        if "emb" in self.train:
+            options["trainable_token_indices"] = {embed_name.rsplit(".", 1)[-1]: [self.emb_token_id(tokenizer)]}
+        if isinstance(getattr(unwrap(model).model, "multi_modal_projector", None), MMGEMVisionHeads) and \
+                {"h1", "h2"} & set(self.trained_heads()):
             options["modules_to_save"] = ["multi_modal_projector"]
         return options
+
+    def trained_heads(self) -> list[str]:
+        """The heads that train: those in `train` that the recipe reaches (h1 only embeds images when
+        image_embedding is "h1")."""
+        return [h for h in ("h1", "h2") if h in self.train and (h != "h1" or self.image_embedding == "h1")]
+
+    def finalize_trainable(self, model: nn.Module) -> None:
+        """After LoRA: freeze the heads' trainable copies that nothing trains (modules_to_save copies both)."""
+        frozen = [h for h in ("h1", "h2") if h not in self.trained_heads()]
+        for name, parameter in model.named_parameters():
+            if "multi_modal_projector" in name and any(f".{head}." in name for head in frozen):
+                parameter.requires_grad_(False)
 
     def embedder(self, backbone, pooler, featurizer: Featurizer) -> MLLMEmbedder:
         return MMGEMEmbedder(backbone, pooler=pooler, featurizer=featurizer)
