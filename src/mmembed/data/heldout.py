@@ -6,13 +6,14 @@ triplets are Flickr8k 1k-test captions, 27 are STS-B test sentences and 44 are S
 training captions are STS-B test sentences (STS-B's caption genre). `heldout_sentences` reads the evaluation
 sets listed in `conf/heldout/` (the same one-benchmark files as the suites) with the evaluation-set readers;
 `drop_heldout_rows` drops every training row that holds one of them in any column (compared with case
-and spacing folded) and logs how many went. These are not bad rows, so they are not counted in
+and spacing folded; a cell that wraps one in an instruction, "...the given caption: <sentence>", holds it too) and logs how many went. These are not bad rows, so they are not counted in
 `data/skipped`; the DataModule keeps the number (`heldout_dropped`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 
 from mmembed.data.evalsets.caption_splits import normalise_caption
@@ -61,6 +62,18 @@ def heldout_sentences(sources: Mapping[str, Mapping] | None) -> frozenset[str]:
     return frozenset(out)
 
 
+# Where an instruction ends and the sentence it wraps begins: MMEB's "Find me an everyday image that matches the
+# given caption: <caption>", a question after a line break.
+_SENTENCE_STARTS = re.compile(r":\s|\n")
+
+
+def holds(text: str, heldout: frozenset[str]) -> bool:
+    """The cell is a held-out sentence, or ends with one after an instruction (case and spacing folded)."""
+    if normalise_caption(text) in heldout:
+        return True
+    return any(normalise_caption(text[m.end():]) in heldout for m in _SENTENCE_STARTS.finditer(text))
+
+
 def drop_heldout_rows(rows, columns: list[str], heldout: frozenset[str]):
     """(`rows` without those holding a held-out sentence in any of `columns`, how many were dropped);
     `rows` is a `datasets.Dataset` (text pairs) or a list of dicts (image-caption rows), returned as such."""
@@ -68,8 +81,7 @@ def drop_heldout_rows(rows, columns: list[str], heldout: frozenset[str]):
         return rows, 0
     is_dataset = hasattr(rows, "column_names")
     values = [rows[c] for c in columns] if is_dataset else [[r[c] for r in rows] for c in columns]
-    hit = {i for i, row in enumerate(zip(*values))
-           if any(isinstance(v, str) and normalise_caption(v) in heldout for v in row)}
+    hit = {i for i, row in enumerate(zip(*values)) if any(isinstance(v, str) and holds(v, heldout) for v in row)}
     if not hit:
         return rows, 0
     log.info("left out %d of %d training rows holding an evaluation sentence (conf/heldout)", len(hit), len(rows))
