@@ -231,3 +231,28 @@ def test_an_arm_trains_only_the_parts_its_objective_reaches(tiny_smol_llava_dir,
     assert sum("trainable_tokens_delta" in n for n in trainable) == emb
     with pytest.raises(ConfigError, match="model.extension.train"):
         MMGEMExtension(train=("h3",))
+
+
+def test_a_label_word_base_is_refused_with_a_config_error():
+    """model=mmgem on the label-word base (what experiment=align writes) was a bare TypeError at the first image."""
+    from torch import nn
+
+    from mmembed.models.smol_llava.projectors.label_words import LabelWordProjector
+
+    class Body(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.multi_modal_projector = LabelWordProjector(vision_dim=4, num_classes=3, seq_length=4, max_name_tokens=2,
+                                                            top_k=1)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model, self.embed, self.config = Body(), nn.Embedding(8, 6), type("C", (), {"image_grid": None})()
+
+        def get_input_embeddings(self):
+            return self.embed
+
+    tokenizer = type("T", (), {"__len__": lambda self: 8, "convert_tokens_to_ids": lambda self, t: 7})()
+    with pytest.raises(ConfigError, match="label-word base"):
+        MMGEMExtension().prepare_model(Model(), tokenizer)

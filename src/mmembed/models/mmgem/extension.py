@@ -111,6 +111,10 @@ class MMGEMExtension:
             if getattr(inner.config, "image_grid", None):
                 raise ConfigError("model=mmgem pools the tower's tokens itself: use a model folder without image_grid")
             h2 = projector_module(model)
+            if getattr(h2, "uses_holes", False):  # e.g. the label-word projector: ids through the LLM's table
+                raise ConfigError(f"model=mmgem needs a projector that maps pooled features to tokens (an MLP); "
+                                  f"{type(h2).__name__} writes label words with holes: use model.name_or_path=default "
+                                  "or default:mlp, not the label-word base")
             vision_dim = getattr(inner.config, "vision_hidden_size", None) or _first_linear(h2).in_features
             hidden = inner.get_input_embeddings().embedding_dim
             body.multi_modal_projector = MMGEMVisionHeads(h2, vision_dim, hidden, self.grid, self.pool_mode, self.seed)
