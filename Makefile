@@ -52,7 +52,8 @@ results: prepare
 	PY=$(BIN)/python bash experiments/local_results.sh $(ADAPTER)
 
 # The three papers side by side (experiments/three_papers.py): every recipe on the same base and suite,
-# e.g. `make three-papers ARGS="--steps 40 --mmeb-queries 200"` (about 80 min here).
+# e.g. `make three-papers ARGS="--steps 40 --mmeb-queries 200"` (its wall time:
+# experiments/README.md#the-three-papers-side-by-side-2026-12-03).
 three-papers: prepare
 	$(BIN)/python experiments/three_papers.py $(ARGS)
 

@@ -1,7 +1,7 @@
 """Evaluate a model (and optionally a trained LoRA adapter) on a benchmark suite.
 
     python src/eval.py eval=sts                                   # the bare default model
-    python src/eval.py adapter=logs/train/runs/<run>/adapters/last eval=local_full
+    python src/eval.py adapter=logs/text_only/runs/<time>/adapters/last eval=local_full
     python src/eval.py model.name_or_path=/models/e5v model=e5v eval=e5v_paper
 
 Writes results.json and results.md (numbers + protocol) into the Hydra run folder.

@@ -214,7 +214,9 @@ def check_argparse(target: tuple[str, ...], args: list[str]) -> None:
 def check_make(args: list[str]) -> None:
     run = subprocess.run(["make", "-n", *args], cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, f"`make -n {' '.join(args)}` failed:\n{run.stderr[-2000:]}"
-    for line in run.stdout.splitlines():  # the recipe's own python lines: `-m` ones are setup plumbing (assembly)
+    # the recipe's own python lines (`-m` ones are setup plumbing: assembly); a stale .venv stamp makes `make -n`
+    # print the install recipe too, whose lines continue with a backslash: join them first
+    for line in run.stdout.replace("\\\n", " ").splitlines():
         words = shlex.split(line)
         if len(words) > 1 and words[0].endswith("/python") and words[1].startswith(("src/", "experiments/", "perf/")):
             check(["python", *words[1:]])

@@ -2,12 +2,12 @@
 
 `cpu_train_precision()` is conf/trainer/cpu.yaml's `precision` (`${mmembed_cpu_precision:}`):
 "bf16-mixed" where the CPU computes bfloat16 natively (the AVX512-BF16 or AMX-BF16 instructions), else
-"32-true". Measured on this project's 2-core AVX512-BF16 machine (experiments/README.md, bf16): a
-training step in bf16-mixed took 0.77x the time and 0.68x the peak memory of float32
-(perf/bf16_training.py), and `make train` reached STS-B dev 78.76 vs 79.12 in float32, inside the
-0.5 the project accepts. Without native bf16, autocast would emulate it and be slower than
-float32. `MMEMBED_CPU_PRECISION` overrides the choice for a whole process tree (the test suite pins
-32-true so its exact equivalence checks stay in float32); `trainer.precision=...` overrides one run.
+"32-true". On this project's 2-core AVX512-BF16 machine bf16-mixed trains faster, in less memory, and
+lands within the 0.5 STS-B dev points the project accepts; time, memory and scores of both precisions:
+experiments/README.md#bfloat16-on-this-cpu-avx512-bf16-2026-12-02-quiet-machine. Without native bf16,
+autocast would emulate it and be slower than float32. `MMEMBED_CPU_PRECISION` overrides the choice for a
+whole process tree (the test suite pins 32-true so its exact equivalence checks stay in float32);
+`trainer.precision=...` overrides one run.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def cpu_train_precision() -> str:
 def cpu_inference_dtype() -> str:
     """The default model's dtype for evaluation and corpus embedding (`model.inference_dtype`): "bfloat16"
     where training would use bf16-mixed, else "float32". With `model.vision_dtype: float32` beside it, the
-    vision tower and projector stay float32: measured here (perf/encode_throughput.py, recipe
-    mmembed-bf16-vision32) 4.85x E5-V's reference recipe on texts and 3.10x on images, min cosine to
-    float32 0.99946 (texts) and 0.99973 (images); all-bf16 reached 0.983 on images."""
+    vision tower and projector stay float32, because all-bf16 moves image embeddings too far. Speed and
+    cosine to float32 of each recipe (perf/encode_throughput.py):
+    experiments/README.md#encoding-throughput-perfencode_throughputpy-2026-12-02."""
     return "bfloat16" if cpu_train_precision().startswith("bf16") else "float32"
 
 

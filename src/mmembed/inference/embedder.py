@@ -78,9 +78,11 @@ class Embedder:
         the adapter (by training) or the model folder (by `export_merged`) if there is one, else E5-V's
         prompts (the model factory's precedence, mmembed.models.factory). pooler: a mmembed.models.pooling
         pooler (None: last token). dtype "auto": on a CPU with native bf16 (mmembed.hardware), bfloat16 with
-        the vision tower and projector in float32 (2-5x faster than float32 here, min cosine to float32
-        >= 0.9995), else float32; or "float32" / "bfloat16" / "float16". vision_dtype: the vision tower and
-        projector's own precision beside `dtype` (None: float32 under "auto", else `dtype`). options go to __init__ (prefix_cache, prefetch, channels_last, image_chunk).
+        the vision tower and projector in float32 (speed and cosine to float32:
+        experiments/README.md#encoding-throughput-perfencode_throughputpy-2026-12-02), else float32; or
+        "float32" / "bfloat16" / "float16". vision_dtype: the vision tower and projector's own precision
+        beside `dtype` (None: float32 under "auto", else `dtype`). options go to __init__ (prefix_cache,
+        prefetch, channels_last, image_chunk).
         """
         if dtype == "auto":
             from mmembed.hardware import cpu_inference_dtype
@@ -244,7 +246,8 @@ def as_prompt_config(prompts: PromptConfig | Mapping | None) -> PromptConfig | N
 
 
 def _channels_last_vision(model: nn.Module) -> None:
-    """Conv vision towers (EfficientNet) run ~1.5x faster channels-last on CPU; same results."""
+    """Conv vision towers (EfficientNet) go channels-last on CPU, the layout oneDNN's convolutions prefer;
+    same results."""
     for module in vision_modules(model).values():
         if any(isinstance(m, nn.Conv2d) for m in module.modules()):
             module.to(memory_format=torch.channels_last)

@@ -9,7 +9,7 @@ Every index uses the inner-product metric, i.e. cosine similarity on L2-normalis
 
 `write_index` writes the FAISS file plus a JSON sidecar (`<path>.json`: kind, options, n, d) so that
 `read_index` can check the file is what the caller expects before searching it.
-See docs/faiss_indexes.md for which kind to pick, with measured numbers.
+Which kind to pick: docs/faiss_indexes.md; the measurements: experiments/README.md#faiss-indexes-perffaiss_indexespy.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ may differ, see tests/metrics/test_captioning_metrics.py); "auto" (default) uses
 METEOR 1.5 and SPICE shell out to Java: they run when `java_scorers` is on and `java` is on PATH;
 SPICE also needs the Stanford CoreNLP 3.6.0 jars that pycocoevalcap downloads on first use
 (no download is attempted here). Each scorer that did not run is listed under "skipped" with why.
-METEOR's JVM loads a 60 MB paraphrase table: expect ~40 s per call on a small CPU.
+METEOR's JVM loads a 60 MB paraphrase table on every call: slow on a small CPU.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def assemble_default_model(
     from mmembed.models.smol_llava.tower import load_packaged_efficientnet_lite0
 
     kind = projector_kind(projector_type)
-    kind.check_overrides(projector_settings)  # before the 18 s of de-quantising, not after
+    kind.check_overrides(projector_settings)  # before the slow de-quantising, not after
     class_names = imagenet_class_names(data_root) if kind.needs_class_names else None
     folder, name = gguf_location()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)

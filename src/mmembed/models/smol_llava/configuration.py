@@ -24,8 +24,9 @@ class SmolLlavaConfig(PreTrainedConfig):
     # Placeholder tokens per image: the projector's output span (49 = the tower's 7x7 map).
     image_seq_length: int = 49
     # Average-pool the tower's 7x7 feature map to image_grid x image_grid before the projector (None: keep
-    # the full map). 3 gives 9 image tokens instead of 49: a contrastive alignment step measured ~1.8x
-    # cheaper on the 2-core CPU (experiments/README.md). image_seq_length must be image_grid**2.
+    # the full map). 3 gives 9 image tokens instead of 49, a cheaper alignment step (9 vs 49 tokens measured:
+    # experiments/README.md#grounded-base-on-the-flickr8k-1k-test-and-9-vs-49-image-tokens-2026-12-02).
+    # image_seq_length must be image_grid**2.
     image_grid: int | None = None
     image_size: int = 224
     vision_hidden_size: int = HEAD_CHANNELS

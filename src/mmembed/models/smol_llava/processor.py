@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 IMAGE_TOKEN = "<image>"
-# Measured on 100 ImageNet-sample images: 85% top-1 with mean/std 0.5 vs 73% with ImageNet mean/std;
-# the packaged weights are a TF port, trained on inputs scaled to [-1, 1].
+# mean/std 0.5, not ImageNet's: the packaged weights are a TF port, trained on inputs scaled to [-1, 1]
+# (top-1 of both: experiments/README.md#the-vision-towers-normalisation).
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
 IMAGE_SIZE = 224

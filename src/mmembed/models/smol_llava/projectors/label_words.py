@@ -1,10 +1,11 @@
 """A vision-to-LLM projector that writes the vision tower's top ImageNet labels as the LLM's own words.
 
 The grounded projector (grounded.py) gives each of the 49 image tokens a probability-weighted
-mean of class-name embeddings. Measured on the Flickr8k 1k test, that reads to the LLM as noise (text ->
-image R@10 1.74, chance 1.0), while the same tower's top-3 labels written as the text "a photo of X, Y, Z"
-and embedded by the same LLM's text path reach 3.36 untrained and 13.66 after 40 text-only steps
-(experiments/README.md): the LLM understands the labels as words, not as averages of word vectors.
+mean of class-name embeddings. On the Flickr8k 1k test that reads to the LLM as noise (text -> image
+retrieval near chance), while the same tower's top-3 labels written as the text "a photo of X, Y, Z" and
+embedded by the same LLM's text path retrieve better, untrained and more so after text-only training
+(experiments/README.md#the-label-word-image-path-modelsmol_llava_label_words-2026-12-03): the LLM
+understands the labels as words, not as averages of word vectors.
 
 So this projector emits words. From the head's image-level logits (the mean of the 7x7 feature vectors,
 which is how the head was trained) it takes the top-k classes and returns, per image, the input
