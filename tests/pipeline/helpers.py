@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
+from mmembed.hardware import register_resolvers
 from tests.conftest import REPO
 
 CONF = str(REPO / "conf")
@@ -17,6 +18,7 @@ CONF = str(REPO / "conf")
 
 def compose_train(overrides: list[str], output_dir) -> object:
     """The composed train config with hydra's runtime output dir pointed at `output_dir`."""
+    register_resolvers()  # ${mmembed_cpu_precision:} etc., as src/train.py has them (a test may run alone)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=False)

@@ -57,20 +57,22 @@ def test_experiment_and_debug_files_override_root_values(tmp_path):
 
 @pytest.mark.parametrize("experiment", ["mmgem", "mmgem_regions"])
 def test_an_arm_zeroes_one_weight_and_names_the_run_folder(experiment, tmp_path):
-    """MM-GEM's arms (conf/arm/) differ from the joint run in one objective weight and the log folder only."""
+    """MM-GEM's arms (conf/arm/) differ from the joint run in one objective weight, the parts that train (what
+    the arm's objective reaches: a part without a gradient fails under DDP) and the log folder only."""
     def without_arm(cfg):
         plain = OmegaConf.to_container(cfg, resolve=True)
-        return plain.pop("task_name"), plain.pop("arm_suffix"), plain["objective"].pop("weights"), plain
+        trained = plain["model"]["extension"].pop("train")
+        return plain.pop("task_name"), plain.pop("arm_suffix"), plain["objective"].pop("weights"), list(trained), plain
 
     joint = without_arm(compose_train([f"experiment={experiment}"], tmp_path))
-    assert joint[:3] == (experiment, "", {"image_text": 1.0, "captioning": 1.0})
-    arms = {"embedding_only": {"image_text": 1.0, "captioning": 0.0},
-            "captioning_only": {"image_text": 0.0, "captioning": 1.0}}
-    for arm, weights in arms.items():
-        task_name, suffix, arm_weights, rest = without_arm(
+    assert joint[:4] == (experiment, "", {"image_text": 1.0, "captioning": 1.0}, ["emb", "h1", "h2"])
+    arms = {"embedding_only": ({"image_text": 1.0, "captioning": 0.0}, ["emb", "h1"]),
+            "captioning_only": ({"image_text": 0.0, "captioning": 1.0}, ["h2"])}
+    for arm, (weights, trained) in arms.items():
+        task_name, suffix, arm_weights, arm_trained, rest = without_arm(
             compose_train([f"experiment={experiment}", f"arm={arm}"], tmp_path))
-        assert (task_name, suffix, arm_weights) == (f"{experiment}_{arm}", f"_{arm}", weights)
-        assert rest == joint[3]
+        assert (task_name, suffix, arm_weights, arm_trained) == (f"{experiment}_{arm}", f"_{arm}", weights, trained)
+        assert rest == joint[4]
 
 
 # Each fixed grid of conf/ablation/ with the experiment its usage line names (the conflict and modality grids
