@@ -119,8 +119,8 @@ def test_caption_loss_equals_the_models_loss_and_trains_only_the_projector(tiny_
 
 
 def _tiny_overrides(model_dir, tmp_path) -> list[str]:
-    return [f"model.name_or_path={model_dir}", "trainer.max_steps=2", "data.batch_size=4", "data.val_limit=8",
-            "data.val_batch_size=8", f"paths.models_dir={tmp_path / 'models'}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    return [f"model.name_or_path={model_dir}", "trainer.max_steps=2", "data.batch_size=4", "val.sets.stsb_dev.limit=8",
+            "val.sets.stsb_dev.batch_size=8", f"paths.models_dir={tmp_path / 'models'}", f"paths.cache_dir={tmp_path / 'cache'}"]
 
 
 # experiment=align's own objective (symmetric caption <-> image InfoNCE) and the captioning option.
@@ -244,7 +244,7 @@ def test_unreadable_training_images_are_skipped_and_logged(tiny_smol_llava_dir, 
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = compose_train(
         ["experiment=image_text", f"model.name_or_path={tiny_smol_llava_dir}", "trainer.max_steps=1", "data.batch_size=8",
-         f"data.sources=[{{format:pairs,file:{tmp_path / 'pairs.jsonl'}}}]", "data.val_sts_dir=null",
+         f"data.sources=[{{format:pairs,file:{tmp_path / 'pairs.jsonl'}}}]", "val=none",
          "validate_before_training=false"],
         tmp_path / "run",
     )
