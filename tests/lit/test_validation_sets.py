@@ -92,8 +92,8 @@ def test_validation_equals_each_benchmarks_run_and_embeds_each_image_once(embedd
     for name, expected in (("stsb_dev", sts_run["metrics"]), ("flickr8k_dev", flickr_run["metrics"]),
                            ("cirr_local", cirr_run["metrics"])):
         for metric, value in expected.items():
-            # the same scoring function (4 decimals) on the same embeddings; Lightning logs float32 (7.6e-6 at 100)
-            assert logged[f"val/{name}/{metric}"] == pytest.approx(value, abs=1e-5), (name, metric)
+            # the same scoring function on the same embeddings; run() reports 4 decimals, Lightning logs float32
+            assert logged[f"val/{name}/{metric}"] == pytest.approx(value, abs=5e-5 + 1e-5), (name, metric)
     assert {"val/flickr8k_dev/t2i_R@10", "val/flickr8k_dev/i2t_R@1", "val/cirr_local/R@1",
             "val/cirr_local/Rsubset@1"} <= set(logged)
     assert logged["val/sts_spearman"] == logged["val/stsb_dev/spearman"]

@@ -55,7 +55,7 @@ class CIRRBenchmark(Benchmark):
                 "cir_target": prompt_record(embedder, "cir_target"),
             },
         }
-        return {"metrics": metrics, "protocol": protocol}
+        return {"metrics": floats(metrics), "protocol": protocol}
 
     def validation_plan(self, limit: int | None = None, seed: int = 42) -> ValidationPlan:
         """Every gallery image (`cir_target`, ids 0..G-1), then the first `limit` queries (all: None) as composed
@@ -79,7 +79,7 @@ class CIRRBenchmark(Benchmark):
 
 
 def cirr_scores(gal_emb, gal_ok: list[int], index: dict, q_emb, queries) -> tuple[dict, list[int], dict]:
-    """(CIRR's metrics, each query's subset size, chance levels) of the queries against the gallery rows `gal_ok`
+    """(CIRR's metrics (unrounded), each query's subset size, chance levels) of the queries against the gallery rows `gal_ok`
     (`index`: image name -> gallery id)."""
     metric = CIRRRecall()
     metric.update(candidates=gal_emb, candidate_ids=torch.tensor(gal_ok))
@@ -93,4 +93,4 @@ def cirr_scores(gal_emb, gal_ok: list[int], index: dict, q_emb, queries) -> tupl
     chance = chance_recall(len(gal_ok) - 1, [1] * len(queries), metric.ks)
     for k in metric.subset_ks:  # one target among s subset candidates
         chance[f"Rsubset@{k}"] = 100.0 * sum(min(k, s) / s for s in sizes if s) / len(sizes)
-    return floats(metric.compute()), sizes, chance
+    return {k: float(v) for k, v in metric.compute().items()}, sizes, chance

@@ -91,7 +91,7 @@ class CaptionRetrievalBenchmark(CaptionImages):
                 **({} if self.i2i else {"text": prompt_record(embedder, "text", bench.captions[0])}),
             },
         }
-        return {"metrics": retrieval_scores(img_emb, txt_emb, bench.caption_image), "protocol": protocol}
+        return {"metrics": floats(retrieval_scores(img_emb, txt_emb, bench.caption_image)), "protocol": protocol}
 
     def validation_plan(self, limit: int | None = None, seed: int = 42) -> ValidationPlan:
         """The first `limit` images (all: None) and their captions: images are ids 0..n-1, captions follow."""
@@ -115,8 +115,9 @@ class CaptionRetrievalBenchmark(CaptionImages):
 
 
 def retrieval_scores(img_emb: torch.Tensor, txt_emb: torch.Tensor, caption_image: list[int]) -> dict:
-    """Text->image and image->text Recall@1/5/10: `caption_image[j]` is the row of `img_emb` caption j describes."""
+    """Text->image and image->text Recall@1/5/10 (unrounded): `caption_image[j]` is the row of `img_emb` caption j
+    describes."""
     metric = ImageTextRecall(ks=KS)
     metric.update(image_emb=img_emb, image_ids=torch.arange(len(img_emb)))
     metric.update(text_emb=txt_emb, text_ids=torch.arange(len(txt_emb)), text_image_ids=torch.tensor(caption_image))
-    return floats(metric.compute())
+    return {k: float(v) for k, v in metric.compute().items()}

@@ -95,7 +95,7 @@ class STSBenchmark(Benchmark):
             full, present = table(ids, emb, len(unique))
             if len(present) != len(unique):
                 raise ValueError(f"{self.name}: {len(unique) - len(present)} sentence(s) were not embedded")
-            return floats(sts_scores(full[rows], subsets))
+            return {k: float(v) for k, v in sts_scores(full[rows], subsets).items()}  # unrounded
 
         return ValidationPlan([text_item(t) for t in unique], score,
                               {"pairs": sum(len(p) for p in subsets), "sentences": len(unique)})
