@@ -139,3 +139,20 @@ def test_two_processes_give_the_one_process_numbers(tiny_smol_llava_dir, data_ro
     assert set(ranks[0]) == set(single)
     for key, value in single.items():
         assert ranks[0][key] == pytest.approx(value, abs=1e-6), key
+
+
+@pytest.mark.slow  # ~60 s: a 2-step text-only training run validating on text and image sets, before and after
+def test_a_training_run_logs_every_set_before_and_after(tiny_smol_llava_dir, tmp_path):
+    from mmembed.errors import ConfigError
+    from mmembed.run.training import run_training
+    from tests.pipeline.helpers import compose_train
+
+    args = ["experiment=text_only", "trainer.max_steps=2", "data.batch_size=4", "trainer.val_check_interval=2",
+            f"model.name_or_path={tiny_smol_llava_dir}", "val=[stsb_dev,cirr_local]", "val.sets.stsb_dev.limit=8",
+            "val.sets.stsb_dev.batch_size=8"]
+    with pytest.raises(ConfigError, match="model.text_only=false"):  # image sets need the tower: said before loading
+        run_training(compose_train(args, tmp_path / "refused"))
+    summary = run_training(compose_train([*args, "model.text_only=false"], tmp_path / "run"))
+    for logged in (summary["val_before"], summary["metrics"]):
+        assert {"val/sts_spearman", "val/stsb_dev/spearman", "val/cirr_local/R@1", "val/cirr_local/Rsubset@1"} <= set(logged)
+    assert summary["val_before"]["val/cirr_local/inputs"] == 25
