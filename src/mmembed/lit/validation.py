@@ -28,7 +28,8 @@ class ValidationSets:
         self.sets = {name: dict(entry) for name, entry in (sets or {}).items() if entry}
         for name, entry in self.sets.items():
             if entry.get("benchmark") is None or not hasattr(entry["benchmark"], "validation_plan"):
-                raise ConfigError(f"val.sets.{name}.benchmark: expected a benchmark of conf/benchmark/ (by _target_)")
+                raise ConfigError(f"val.sets.{name}.benchmark: expected a benchmark of conf/benchmark/ (by _target_); "
+                                  f"settings for a set that val= did not pick? (pick it: val=[...,{name}])")
         self.seed, self.on_error = seed, on_error
         self.plans: dict | None = None
 
