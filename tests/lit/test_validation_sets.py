@@ -156,3 +156,22 @@ def test_a_training_run_logs_every_set_before_and_after(tiny_smol_llava_dir, tmp
     for logged in (summary["val_before"], summary["metrics"]):
         assert {"val/sts_spearman", "val/stsb_dev/spearman", "val/cirr_local/R@1", "val/cirr_local/Rsubset@1"} <= set(logged)
     assert summary["val_before"]["val/cirr_local/inputs"] == 25
+
+
+def test_a_partial_pass_scores_what_was_embedded(data_root, tmp_path):
+    """A sanity check or limit_val_batches embeds part of a set: its complete pairs / captions are scored, and a set
+    with nothing complete gives no metric (no error)."""
+    sets = make_sets(data_root, write_sts(tmp_path / "sts"))
+    plans = sets.setup()
+    torch.manual_seed(0)
+    for name, plan in plans.items():
+        n = len(plan.items)
+        emb = torch.nn.functional.normalize(torch.randn(n, 8), dim=-1)
+        full = plan.score(torch.arange(n), emb)
+        assert full, name
+        assert plan.score(torch.arange(1), emb[:1]) == {}, name  # one input: nothing complete
+    sts = plans["stsb_dev"]
+    sentences = [item["text"] for item in sts.items]
+    first_two = [sentences.index(s) for p in STS_DEV[:3] for s in p[:2]]  # 3 complete pairs
+    emb = torch.nn.functional.normalize(torch.randn(len(sentences), 8), dim=-1)
+    assert set(sts.score(torch.tensor(first_two), emb[first_two])) == {"spearman"}

@@ -106,10 +106,13 @@ class CaptionRetrievalBenchmark(CaptionImages):
         def score(ids: torch.Tensor, emb: torch.Tensor) -> dict:
             full, present = table(ids, emb, n_img + n_txt)
             ok = [i for i in present if i < n_img]  # unreadable images are absent, as run() skips them
-            kept = bench.subset(ok)
             index = {old: new for new, old in enumerate(ok)}
-            captions = [j for j in range(n_txt) if bench.caption_image[j] in index]
-            return retrieval_scores(full[ok], full[[n_img + j for j in captions]], kept.caption_image)
+            embedded = set(present)  # all captions, except in a partial pass (sanity check, limit_val_batches)
+            captions = [j for j in range(n_txt) if bench.caption_image[j] in index and n_img + j in embedded]
+            if not ok or not captions:
+                return {}
+            images = [index[bench.caption_image[j]] for j in captions]
+            return retrieval_scores(full[ok], full[[n_img + j for j in captions]], images)
 
         return ValidationPlan(items, score, {"images": n_img, "captions": n_txt})
 
