@@ -146,14 +146,9 @@ class EmbeddingLitModule(L.LightningModule):
             self.log(f"train/{key}", float(value), batch_size=size)
 
     # ---- validation: every set of `val=` (mmembed.lit.validation), one dataloader each ----
-    def validation_sets(self):
-        """The sets given to this module, else the DataModule's (`data.val_sets`)."""
-        if self.validation is not None:
-            return self.validation
-        return getattr(getattr(self.trainer, "datamodule", None), "validation", None)
-
     def on_validation_epoch_start(self) -> None:
-        sets = self.validation_sets()
+        # the sets given to this module, else the DataModule's (`data.val_sets`)
+        sets = self.validation or getattr(getattr(self.trainer, "datamodule", None), "validation", None)
         self._val_tables = ValidationTables(sets, self.device) if sets is not None and sets.names else None
         if self._val_tables is not None and sets.needs_images():
             self._tower_cache.enter(self.embedder.model)
