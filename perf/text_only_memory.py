@@ -22,7 +22,7 @@ def run(text_only: bool, steps: int, batch_size: int, model: str, out: Path) -> 
     cmd = [
         sys.executable, str(REPO / "src" / "train.py"), "experiment=text_only", f"model.text_only={str(text_only).lower()}",
         f"model.name_or_path={model}", f"trainer.max_steps={steps}", f"data.batch_size={batch_size}",
-        "validate_before_training=false", "data.val_sts_dir=null", "~logger", "callbacks.lr_monitor=null",
+        "validate_before_training=false", "val=none", "~logger", "callbacks.lr_monitor=null",
         f"hydra.run.dir={out}",
     ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)

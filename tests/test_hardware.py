@@ -40,7 +40,7 @@ def test_a_run_on_the_default_precision_trains(tiny_smol_llava_dir, tmp_path, mo
     monkeypatch.delenv(ENV)  # what a user gets: the machine's choice
     run = tmp_path / "run"
     proc = run_train_cli(["experiment=text_only", f"model.name_or_path={tiny_smol_llava_dir}", "trainer.max_steps=2",
-                          "data.batch_size=4", "data.val_sts_dir=null", "validate_before_training=false", "~logger",
+                          "data.batch_size=4", "val=none", "validate_before_training=false", "~logger",
                           f"hydra.run.dir={run}"], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "train_summary.json").read_text())

@@ -201,3 +201,43 @@ def test_real_imagenet_sample(data_root):
     b = read_zeroshot(data_root / "imagenet_sample")
     assert len(b.class_names) == 1000 and len(b.images) == 1000 and b.labels == list(range(1000))
     assert b.class_names[2] == "great white shark"
+
+
+def test_caption_json_with_split_lists_renamed_images_and_a_partial_copy(tmp_path):
+    """Flickr30K as shipped by BLIP/LAVIS (json list or jsonl.gz of {image, caption[]}) + Karpathy's split lists;
+    `image_names` maps a caption-file name to the file on disk; `missing_images: drop` reads a partial copy."""
+    import gzip
+    import json
+
+    from PIL import Image
+
+    from mmembed.data.evalsets.captions import read_caption_config
+    from mmembed.errors import MMEmbedError
+
+    items = [{"image": "1.jpg", "caption": ["A dog runs.", "A dog."]}, {"image": "2.jpg", "caption": ["Two kids."]},
+             {"image": "3.jpg", "caption": "A cat."}]
+    with gzip.open(tmp_path / "all.jsonl.gz", "wt") as f:
+        f.write("\n".join(json.dumps(i) for i in items))
+    (tmp_path / "test.txt").write_text("1.jpg\n3.jpg\n")
+    (tmp_path / "train.txt").write_text("2.jpg\n")
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "images" / "1_abcdef0123.jpg")
+    (tmp_path / "names.csv").write_text("flickr30k_file,flickr8k_file\n1.jpg,1_abcdef0123.jpg\n")
+    cfg = {"format": "caption_json", "captions": str(tmp_path / "all.jsonl.gz"), "images": str(tmp_path / "images"),
+           "image_names": str(tmp_path / "names.csv"), "split": "test",
+           "split_files": {"test": str(tmp_path / "test.txt"), "train": str(tmp_path / "train.txt")}}
+    with pytest.raises(MMEmbedError, match="1 of 2 images"):
+        read_caption_config(cfg)  # an evaluation reads every image, unless told the copy is partial
+    bench = read_caption_config({**cfg, "missing_images": "drop"})
+    assert [p.name for p in bench.images] == ["1_abcdef0123.jpg"] and bench.image_ids == ["1.jpg"]
+    assert bench.captions == ["A dog runs.", "A dog."] and bench.meta["images_not_found"] == 1
+
+
+def test_image_identity_matches_a_flickr8k_file_and_its_flickr30k_name():
+    from mmembed.data.heldout import drop_heldout_images, image_identity
+
+    assert image_identity("/x/1007129816_e794419615.jpg") == image_identity("1007129816.jpg") == "1007129816"
+    assert image_identity("coco/000000391895.jpg") == "000000391895" and image_identity("img_001.png") == "img_001"
+    rows = [{"image": "/a/1007129816_e794419615.jpg", "text": "x"}, {"image": "/a/5_0123456789.jpg", "text": "y"}]
+    kept, dropped = drop_heldout_images(rows, ["image"], frozenset({"1007129816"}))
+    assert dropped == 1 and kept == rows[1:]

@@ -14,7 +14,7 @@ from PIL import Image
 from mmembed.data.evalsets.caption_splits import normalise_caption, read_token_file
 from mmembed.data.evalsets.captions import read_caption_config, read_flickr8k_token
 from mmembed.data.evalsets.layout import BenchmarkLayoutError
-from mmembed.data.heldout import drop_heldout_rows, heldout_sentences
+from mmembed.data.heldout import drop_heldout_rows, heldout_sentences, image_identity
 from mmembed.data.image_text import read_image_text_source, read_image_text_sources
 from mmembed.errors import DataConfigError
 from mmembed.evaluation.benchmarks.retrieval import CaptionImages, CaptionRetrievalBenchmark
@@ -254,7 +254,7 @@ def test_no_evaluation_sentence_reaches_a_training_set(data, data_root):
     assert not trained & eval_sentences
     assert datamodule.heldout_dropped == HELD_OUT_ROWS[data]
     # ... and it is the filter that keeps them out: without it the same files do hold evaluation sentences
-    unfiltered, trained = _training_rows(data, data_root, "heldout=none")
+    unfiltered, trained = _training_rows(data, data_root, "heldout=none", "val=none")
     assert unfiltered.heldout_dropped == 0 and len(trained & eval_sentences) > 100
 
 
@@ -291,3 +291,70 @@ def test_long_text_suite_joins_each_test_images_five_captions_in_file_order(data
     first = [c.strip() for c, i in zip(short.captions, short.caption_image) if i == 0]
     assert len(first) == 5 and long.captions[0] == " ".join(first)
     assert long.meta["joined_captions"] == {"texts": 1000, "captions_per_text": len(short.captions) / 1000}
+
+
+# Validation sets (conf/val/): all_local holds every one; none holds none.
+VAL_SETS = sorted(p.stem for p in (REPO / "conf" / "val").glob("*.yaml") if p.stem not in ("all_local", "none"))
+
+
+def _validation(data: str, data_root: Path, val: str = "all_local"):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", [f"data={data}", f"paths.data_root={data_root}", f"val={val}"])
+    datamodule = instantiate(cfg.data)
+    return datamodule, datamodule.validation
+
+
+def _check_no_validation_leak(data: str, data_root: Path):
+    """Every training row of `data` with val=all_local: no validation image (as a photo: `image_identity`) and no
+    validation sentence (STS sentences, captions) in any column."""
+    datamodule, validation = _validation(data, data_root)
+    assert sorted(validation.names) == VAL_SETS  # every validation set
+    try:
+        datamodule.source.check_paths()
+    except DataConfigError as err:
+        pytest.skip(f"data={data}: its training files are not local ({err})")
+    rows = datamodule.read_train_set()
+    columns = rows.column_names if hasattr(rows, "column_names") else list(rows[0])
+    values = [v for c in columns for v in (rows[c] if hasattr(rows, "column_names") else [r[c] for r in rows])]
+    sentences = heldout_sentences(validation.heldout_sources())
+    images = validation.heldout_images()
+    assert len(sentences) > 5000 and len(images) == 1300  # 1,000 + 243 + 80 + 13 images, 36 of them twice
+    assert not {normalise_caption(v) for v in values if isinstance(v, str)} & sentences, data
+    image_columns = getattr(datamodule.source, "image_columns", ())
+    trained_images = {image_identity(r) for c in image_columns if c in columns
+                      for r in (rows[c] if hasattr(rows, "column_names") else [row[c] for row in rows]) if r}
+    assert not trained_images & images, data
+    return datamodule, trained_images
+
+
+def test_every_validation_set_is_in_all_local_and_composes_its_benchmark_file(data_root):
+    """conf/val/<set>.yaml composes conf/benchmark/ (no second reader or path): each builds a benchmark whose
+    validation plan reads, and the sets of all_local are every set."""
+    for name in VAL_SETS:
+        _, validation = _validation("nli", data_root, name)
+        assert validation.names == [name]
+        plan = validation.setup()[name]
+        assert plan.items and all(i["kind"] in ("text", "image", "cir_target", "cir_query") for i in plan.items)
+    _, none = _validation("nli", data_root, "none")
+    assert none is None
+
+
+def test_no_validation_image_or_sentence_reaches_image_text_training(data_root):
+    datamodule, trained = _check_no_validation_leak("image_text", data_root)
+    flickr30k = read_caption_config({**_validation("nli", data_root, "flickr30k_test")[1].benchmarks()[
+        "flickr30k_test"].caption_settings()})
+    f30k = {image_identity(p) for p in flickr30k.images}
+    train_split = {image_identity(n) for n in _split_names(data_root, "train")}
+    # 173 of the 243 local Flickr30K test images are Flickr8k TRAIN images (the MANIFEST); training drops the
+    # local ones, and the 80 COCO images: without validation sets they do train
+    assert len(f30k) == 243 and len(f30k & train_split) == 173
+    plain, _ = _validation("image_text", data_root, "stsb_dev")
+    rows = plain.read_train_set()
+    unfiltered = {image_identity(r["image"]) for r in rows}
+    assert len(unfiltered & f30k) == 98 and len(unfiltered - trained) == 98 + 80
+
+
+@pytest.mark.parametrize("data", sorted(p.stem for p in (REPO / "conf" / "data").glob("*.yaml")))
+@pytest.mark.slow  # reads every training file of the data set
+def test_no_validation_image_or_sentence_reaches_any_training_set(data, data_root):
+    _check_no_validation_leak(data, data_root)

@@ -123,7 +123,7 @@ def test_the_table_trains_stage_one_then_stage_two_from_its_adapter_and_tabulate
         csv.writer(f).writerows([("sent0", "sent1", "hard_neg"), *TRIPLETS])
     small = ["evaluation.benchmarks.flickr8k_1k_test.max_images=6", "~evaluation.benchmarks.sts12",
              "~evaluation.benchmarks.sickr", "evaluation.benchmarks.stsb.split=dev", "evaluation.progress=false",
-             f"model.name_or_path={tiny_smol_llava_dir}", "data.batch_size=4", "data.val_sts_dir=null",
+             f"model.name_or_path={tiny_smol_llava_dir}", "data.batch_size=4", "val=none",
              "validate_before_training=false", "~logger", f"paths.cache_dir={cache}"]
     text_data = [f"data.train_files=[{triplets}]"]
     env = {"MMEMBED_CACHE": str(cache)}

@@ -23,8 +23,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmembed.data.collate import ObjectiveCollator, TextPairRows
+from mmembed.data.evalsets.sts import STSPairs
+from mmembed.evaluation.benchmarks.sts import STSBenchmark
 from mmembed.lit.module import EmbeddingLitModule
 from mmembed.lit.strategies import ddp_strategy, manual_optimization_split
+from mmembed.lit.validation import ValidationSets
 from mmembed.losses import split_batch
 from mmembed.models.backbones import load_backbone
 from mmembed.models.embedder import MLLMEmbedder
@@ -96,19 +99,23 @@ def train_loader(embedder: MLLMEmbedder, batch_size: int, rows: int = 4) -> Data
     return DataLoader(data, batch_size=batch_size, shuffle=False, drop_last=True, collate_fn=collate)
 
 
-def val_loader(embedder: MLLMEmbedder, batch_size: int = 2) -> DataLoader:
-    featurize = fixed_length(embedder)
-    rows = [{"s1": a, "s2": b, "score": s, "id": i} for i, (a, b, s) in enumerate(STS_PAIRS)]
+class HarnessSTS(STSBenchmark):
+    """STS_PAIRS as an STS benchmark (no file): validation scores them with STSBenchmark's own scoring."""
 
-    def collate(batch):
-        return {
-            "inputs1": featurize([r["s1"] for r in batch]),
-            "inputs2": featurize([r["s2"] for r in batch]),
-            "scores": torch.tensor([r["score"] for r in batch]),
-            "ids": torch.tensor([r["id"] for r in batch]),
-        }
+    def check(self):
+        a, b, scores = zip(*STS_PAIRS)
+        return [STSPairs("harness", list(a), list(b), list(scores))], "in memory"
 
-    return DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+def validation_sets(batch_size: int = 2) -> ValidationSets:
+    bench = HarnessSTS(name="sts", format="stsb", path="-")
+    return ValidationSets({"sts": {"benchmark": bench, "batch_size": batch_size, "log_as": {"spearman": "val/sts_spearman"}}})
+
+
+def val_loader(embedder: MLLMEmbedder, sets: ValidationSets) -> DataLoader:
+    """The validation set's loader with the fixed-length featurizer (identical rows however they are split)."""
+    (loader,) = sets.dataloaders(FixedLength(embedder.featurizer))
+    return loader
 
 
 class ChunkedForward(torch.nn.Module):
@@ -165,7 +172,8 @@ def run(
     cls = EmbeddingLitModule
     if chunked_forward:
         cls = type("Chunked", (ChunkedForwardModule,), {"forward_chunk": chunked_forward})
-    module = cls(embedder, TextPairInfoNCE(0.05), optim=optim, chunk_size=chunk_size, **manual)
+    sets = validation_sets()
+    module = cls(embedder, TextPairInfoNCE(0.05), optim=optim, chunk_size=chunk_size, validation=sets, **manual)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
@@ -183,7 +191,7 @@ def run(
     )
     result: dict = {}
     if validate:
-        result["val"] = {k: float(v) for k, v in trainer.validate(module, val_loader(embedder), verbose=False)[0].items()}
+        result["val"] = {k: float(v) for k, v in trainer.validate(module, val_loader(embedder, sets), verbose=False)[0].items()}
     trainer.fit(module, train_dataloaders=train_loader(embedder, batch_size, rows))
     params = {n: p for n, p in module.embedder.named_parameters() if p.requires_grad}
     result.update(

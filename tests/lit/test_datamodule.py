@@ -79,7 +79,9 @@ def _toy(tmp_path, **overrides):
 def test_a_source_defined_in_a_test_is_named_from_yaml_and_serves_batches(tmp_path):
     folder = str(_sts_folder(tmp_path))
     heldout = {"stsb_test": {"format": "stsb", "path": folder, "split": "test"}}
-    datamodule = _toy(tmp_path, val_sts_dir=folder, val_limit=5, val_batch_size=2, heldout=heldout)
+    sts_dev = {"_target_": "mmembed.evaluation.benchmarks.sts.STSBenchmark", "format": "stsb", "path": folder,
+               "split": "dev"}
+    datamodule = _toy(tmp_path, val_sets={"sts": {"benchmark": sts_dev, "limit": 5, "batch_size": 4}}, heldout=heldout)
     assert type(datamodule.source).__name__ == "ToySource" and datamodule.row_kind == "text_pairs"
     datamodule.check_data()
     # "Bravo" and "KILO  " are held-out sentences (case and spacing folded): their rows are dropped, counted
@@ -89,9 +91,10 @@ def test_a_source_defined_in_a_test_is_named_from_yaml_and_serves_batches(tmp_pa
     anchors = [text for inputs in epoch for text in inputs[:4]]
     words = {w[:5] for w in ["alpha", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett", "lima"]}
     assert len(set(anchors)) == 8 and set(anchors) <= words  # every anchor cut to 5 characters, none repeated
-    validation = [batch["ids"].tolist() for batch in datamodule.val_dataloader()]
-    assert len(validation) == 3 and sorted(i for ids in validation for i in ids) == sorted(
-        r["id"] for r in datamodule.validation.rows) and len(datamodule.validation.rows) == 5
+    # one loader per set; 5 pairs = 10 distinct sentences, 4 a batch, each with its id
+    (loader,) = datamodule.val_dataloader()
+    validation = [group["ids"].tolist() for batch in loader for group in batch["groups"]]
+    assert len(validation) == 3 and sorted(i for ids in validation for i in ids) == list(range(10))
 
 
 def test_the_same_seed_gives_the_same_batches_and_another_seed_others(tmp_path):

@@ -5,8 +5,8 @@ batch 2 triplets on 2 ranks vs batch 4 on one process (tiny SmolLlava + LoRA, no
 padded to one fixed length). Checks DESIGN rules 3-5 through the real LightningModule: candidates
 gathered with grad and DDP's gradient averaging give the single-process gradients with no extra
 scaling; GradCache under DDP (chunk 2, all-reduce once after the last chunk) gives them too;
-`train/num_negatives` is the global count; STS validation over 7 pairs (the DistributedSampler
-pads rank 1 with a duplicate) de-duplicates by id and gives the single-process Spearman.
+`train/num_negatives` is the global count; STS validation over 7 pairs (14 sentences, 2 a batch)
+de-duplicates by id and gives the single-process Spearman (tests/lit/test_validation_sets.py pads).
 Tolerances (float32): adapter gradients max|diff| / max|grad| <= 1e-5, losses 1e-5, Spearman 1e-9.
 """
 
@@ -82,8 +82,8 @@ def test_ddp_gradcache_step_equals_one_process_on_the_concatenated_batch(ddp_gra
 
 
 def test_ddp_validation_deduplicates_and_matches_one_process(ddp_plain, single):
-    # 7 pairs on 2 ranks: 8 gathered rows, 7 after de-duplication by id
-    assert single["val"]["val/num_pairs"] == ddp_plain["val"]["val/num_pairs"] == len(harness.STS_PAIRS)
+    # 7 pairs = 14 distinct sentences, each embedded once (by id) whatever the ranks
+    assert single["val"]["val/sts/inputs"] == ddp_plain["val"]["val/sts/inputs"] == 2 * len(harness.STS_PAIRS)
     assert ddp_plain["val"]["val/sts_spearman"] == pytest.approx(single["val"]["val/sts_spearman"], abs=1e-9)
 
 
@@ -93,13 +93,14 @@ def test_train_cli_with_trainer_ddp_on_two_cpu_processes(tiny_smol_llava_dir, tm
     proc = subprocess.run([
         sys.executable, str(REPO / "src" / "train.py"),
         "experiment=text_only", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-        "trainer.precision=32-true", "trainer.max_steps=2", "data.batch_size=2", "data.val_limit=7",
-        "data.val_batch_size=2", "grad_cache.chunk_size=3",
+        "trainer.precision=32-true", "trainer.max_steps=2", "data.batch_size=2", "val.sets.stsb_dev.limit=7",
+        "val.sets.stsb_dev.batch_size=2", "grad_cache.chunk_size=3",
         f"model.name_or_path={tiny_smol_llava_dir}", f"hydra.run.dir={run_dir}",
     ], cwd=REPO, env=ddp_subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["global_step"] == 2
     assert summary["metrics"]["train/num_negatives"] == 2 * (2 + 2) - 1  # both ranks' candidates
-    assert summary["val_before"]["val/num_pairs"] == 7  # validated on 2 ranks: 8 rows, 7 unique
+    # validated on 2 ranks: the distinct sentences of the 7 sampled pairs, each counted once
+    assert summary["val_before"]["val/stsb_dev/inputs"] <= 14
     assert (run_dir / "adapters" / "last" / "adapter_model.safetensors").is_file()

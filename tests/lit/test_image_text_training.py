@@ -118,9 +118,11 @@ def test_caption_loss_equals_the_models_loss_and_trains_only_the_projector(tiny_
     assert trained and all(n.startswith("model.multi_modal_projector.") for n in trained)
 
 
-def _tiny_overrides(model_dir, tmp_path) -> list[str]:
-    return [f"model.name_or_path={model_dir}", "trainer.max_steps=2", "data.batch_size=4", "data.val_limit=8",
-            "data.val_batch_size=8", f"paths.models_dir={tmp_path / 'models'}", f"paths.cache_dir={tmp_path / 'cache'}"]
+def _tiny_overrides(model_dir, tmp_path, validate: bool = True) -> list[str]:
+    """validate=False for experiment=align, which validates on nothing (val=none)."""
+    sts = ["val.sets.stsb_dev.limit=8", "val.sets.stsb_dev.batch_size=8"] if validate else []
+    return [f"model.name_or_path={model_dir}", "trainer.max_steps=2", "data.batch_size=4", *sts,
+            f"paths.models_dir={tmp_path / 'models'}", f"paths.cache_dir={tmp_path / 'cache'}"]
 
 
 # experiment=align's own objective (symmetric caption <-> image InfoNCE) and the captioning option.
@@ -130,7 +132,8 @@ def test_align_trains_only_the_projector_and_writes_a_loadable_model(objective, 
     from safetensors.torch import load_file
 
     chosen = [f"objective={objective}"] if objective else []
-    cfg = compose_train(["experiment=align", *chosen, *_tiny_overrides(tiny_smol_llava_dir, tmp_path)], tmp_path / "run")
+    cfg = compose_train(["experiment=align", *chosen, *_tiny_overrides(tiny_smol_llava_dir, tmp_path, False)],
+                        tmp_path / "run")
     assert cfg.model.vision_feature_cache is True  # the frozen tower's maps are cached by default
     summary = run_training(cfg)
     assert summary["global_step"] == 2 and summary["cost"]["vision_tower_in_memory"] is True
@@ -244,7 +247,7 @@ def test_unreadable_training_images_are_skipped_and_logged(tiny_smol_llava_dir, 
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = compose_train(
         ["experiment=image_text", f"model.name_or_path={tiny_smol_llava_dir}", "trainer.max_steps=1", "data.batch_size=8",
-         f"data.sources=[{{format:pairs,file:{tmp_path / 'pairs.jsonl'}}}]", "data.val_sts_dir=null",
+         f"data.sources=[{{format:pairs,file:{tmp_path / 'pairs.jsonl'}}}]", "val=none",
          "validate_before_training=false"],
         tmp_path / "run",
     )
@@ -274,7 +277,7 @@ def test_tower_feature_cache_gives_the_same_alignment_and_skips_the_tower_on_a_r
     try:
         results = {}
         for name, cached in (("plain", False), ("cached", True), ("rerun", True)):
-            overrides = ["experiment=align", *_tiny_overrides(tiny_smol_llava_dir, tmp_path / name),
+            overrides = ["experiment=align", *_tiny_overrides(tiny_smol_llava_dir, tmp_path / name, False),
                          f"model.vision_feature_cache={str(cached).lower()}", f"paths.cache_dir={tmp_path / 'cache'}",
                          "trainer.max_steps=3", "data.train_limit=8"]  # 8 rows, batch 4: step 3 repeats images
             summary = run_training(compose_train(overrides, tmp_path / name / "run"))

@@ -14,7 +14,7 @@ from mmembed.models.quantization import QuantizationUnavailableError, quantizati
 from mmembed.run.training import run_training
 from tests.pipeline.helpers import build_embedder, compose_train
 
-TINY = ["experiment=text_only", "trainer.max_steps=2", "data.batch_size=4", "data.val_limit=8", "data.val_batch_size=8"]
+TINY = ["experiment=text_only", "trainer.max_steps=2", "data.batch_size=4", "val.sets.stsb_dev.limit=8", "val.sets.stsb_dev.batch_size=8"]
 
 
 def test_trainer_ddp_builds_ddp_without_unused_parameter_search(tmp_path):
@@ -86,7 +86,7 @@ def test_pipeline_trains_with_gradcache_and_the_trainers_clipping(tiny_smol_llav
     cfg = compose_train(overrides, tmp_path)
     assert cfg.trainer.gradient_clip_val == 1.0
     with open_dict(cfg):
-        cfg.data.val_sts_dir = None
+        cfg.data.val_sets = None
     summary = run_training(cfg)
     assert summary["global_step"] == 2
     assert summary["metrics"]["train/num_negatives"] == 4 * 2 - 1

@@ -183,7 +183,7 @@ def test_weighted_sum_prepares_its_distillation_part(featurizer, train_file, cac
 
 def _stage1(tiny_smol_llava_dir, train_file, cache_dir, tmp_path, *extra):
     cfg = compose_train(["experiment=unime_stage1", f"model.name_or_path={tiny_smol_llava_dir}",
-                         f"data.train_files=[{train_file}]", "data.batch_size=4", "data.val_sts_dir=null",
+                         f"data.train_files=[{train_file}]", "data.batch_size=4", "val=none",
                          "validate_before_training=false", "trainer.max_steps=2", "logger=csv", "lora.dropout=0",
                          f"objective.teacher={TEACHER}", f"objective.cache_dir={cache_dir}", *extra], tmp_path)
     return cfg, run_training(cfg)
@@ -216,7 +216,7 @@ def test_unime_stage1_trains_from_the_cache_without_the_teacher_and_matches_unde
 
 def test_the_collator_pickles_without_the_teacher_vectors(featurizer, train_file, cache_dir, tmp_path):
     cfg = compose_train(["experiment=unime_stage1", f"data.train_files=[{train_file}]", "data.batch_size=4",
-                         "data.val_sts_dir=null", f"objective.teacher={TEACHER}", f"objective.cache_dir={cache_dir}"],
+                         "val=none", f"objective.teacher={TEACHER}", f"objective.cache_dir={cache_dir}"],
                         tmp_path)
     objective = instantiate(cfg.objective, _convert_="all")
     datamodule = instantiate(cfg.data, featurizer=featurizer, objective=objective)

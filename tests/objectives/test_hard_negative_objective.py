@@ -126,7 +126,7 @@ def test_an_unreadable_image_masks_its_row(tiny_embedder, tmp_path):
 
 def _stage2_args(model_dir, folder, images, tmp_path, *extra):
     return ["experiment=unime_stage2", f"model.name_or_path={model_dir}", f"data.train_files=[{folder}]",
-            f"data.image_root={images}", "data.batch_size=4", "trainer.max_steps=2", "data.val_sts_dir=null",
+            f"data.image_root={images}", "data.batch_size=4", "trainer.max_steps=2", "val=none",
             "validate_before_training=false", "~logger", "objective.k=3", f"paths.cache_dir={tmp_path / 'cache'}",
             *extra]
 

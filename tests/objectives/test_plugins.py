@@ -33,7 +33,7 @@ class MeanCosineObjective(EmbeddingObjective):
         return ObjectiveOutput(self.scale * (1 - cos), {"mean_cosine": float(cos)})
 
 
-TINY = ["experiment=text_only", "trainer.max_steps=2", "data.batch_size=4", "data.val_sts_dir=null",
+TINY = ["experiment=text_only", "trainer.max_steps=2", "data.batch_size=4", "val=none",
         "validate_before_training=false", "~logger"]
 
 

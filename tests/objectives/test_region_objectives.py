@@ -128,7 +128,7 @@ def test_experiment_mmgem_regions_trains_on_region_rows_and_its_arms_drop_a_part
     from tests.pipeline.helpers import compose_train
 
     cfg = compose_train(["experiment=mmgem_regions", f"model.name_or_path={tiny_smol_llava_dir}", "trainer.max_steps=2",
-                         "data.batch_size=4", "data.val_sts_dir=null", "validate_before_training=false", "~logger",
+                         "data.batch_size=4", "val=none", "validate_before_training=false", "~logger",
                          "lora.r=4", "data.train_limit=8"], tmp_path / "run")
     assert [s.name for s in cfg.data.sources] == ["flickr8k_train", "coco80_train", "flickr8k_train_regions"]
     datamodule = instantiate(cfg.data)

@@ -171,7 +171,7 @@ def test_modality_ablation_sweep_runs_six_jobs_and_tabulates(tiny_smol_llava_dir
                   "evaluation.benchmarks.stsb.split=dev", "evaluation.progress=false"]
     result = run_train_cli(
         ["-m", "ablation=modality_ablation", f"model.name_or_path={tiny_smol_llava_dir}", "trainer.max_steps=2",
-         "data.batch_size=4", "data.val_limit=8", "data.val_batch_size=8", *small_eval, f"hydra.sweep.dir={tmp_path}/sweep"],
+         "data.batch_size=4", "val.sets.stsb_dev.limit=8", "val.sets.stsb_dev.batch_size=8", *small_eval, f"hydra.sweep.dir={tmp_path}/sweep"],
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -12,7 +12,7 @@ from mmembed.run.config import model_spec
 from mmembed.run.training import run_training
 from tests.pipeline.helpers import compose_train
 
-TINY = ["experiment=text_only", "trainer.max_steps=3", "data.batch_size=4", "data.val_limit=8", "data.val_batch_size=8"]
+TINY = ["experiment=text_only", "trainer.max_steps=3", "data.batch_size=4", "val.sets.stsb_dev.limit=8", "val.sets.stsb_dev.batch_size=8"]
 
 
 def test_text_only_training_writes_adapters_and_matches_on_reload(tiny_smol_llava_dir, tmp_path):
@@ -71,7 +71,7 @@ def _trained_embeddings(model_dir, adapter, texts, prompts):
 def test_training_changes_only_adapters(tiny_smol_llava_dir, tmp_path):
     cfg = compose_train(TINY + [f"model.name_or_path={tiny_smol_llava_dir}", "validate_before_training=false"], tmp_path)
     with open_dict(cfg):
-        cfg.data.val_sts_dir = None
+        cfg.data.val_sets = None
     from safetensors.torch import load_file
 
     base = load_file(str(tiny_smol_llava_dir / "model.safetensors"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import PurePath
 
 from mmembed.data.evalsets.caption_splits import normalise_caption
 from mmembed.errors import DataConfigError
@@ -85,5 +86,34 @@ def drop_heldout_rows(rows, columns: list[str], heldout: frozenset[str]):
     if not hit:
         return rows, 0
     log.info("left out %d of %d training rows holding an evaluation sentence (conf/heldout)", len(hit), len(rows))
+    keep = [i for i in range(len(rows)) if i not in hit]
+    return (rows.select(keep) if is_dataset else [rows[i] for i in keep]), len(hit)
+
+
+# Flickr's own file names: `<photo id>_<secret>` (Flickr8k); Flickr30K names the same photo `<photo id>.jpg`.
+_FLICKR_NAME = re.compile(r"^(\d+)_[0-9a-f]{10}$")
+
+
+def image_identity(path) -> str:
+    """What makes two image files the same photo for leakage checks: the file stem, except that a Flickr8k name
+    `<photo id>_<secret>` is its photo id, as Flickr30K names it (`1007129816_e794419615.jpg` and
+    `1007129816.jpg` are one photo); COCO's zero-padded ids stay as they are."""
+    stem = PurePath(str(path)).stem
+    match = _FLICKR_NAME.match(stem)
+    return match.group(1) if match else stem
+
+
+def drop_heldout_images(rows, columns: list[str], heldout: frozenset[str]):
+    """(`rows` without those whose image in any of `columns` is a held-out photo (`image_identity`), how many
+    were dropped); `rows` as for `drop_heldout_rows`."""
+    if not heldout or len(rows) == 0:
+        return rows, 0
+    is_dataset = hasattr(rows, "column_names")
+    columns = [c for c in columns if (c in rows.column_names if is_dataset else c in rows[0])]
+    values = [rows[c] for c in columns] if is_dataset else [[r[c] for r in rows] for c in columns]
+    hit = {i for i, row in enumerate(zip(*values)) if any(v and image_identity(v) in heldout for v in row)}
+    if not hit:
+        return rows, 0
+    log.info("left out %d of %d training rows whose image is a validation image (conf/val)", len(hit), len(rows))
     keep = [i for i in range(len(rows)) if i not in hit]
     return (rows.select(keep) if is_dataset else [rows[i] for i in keep]), len(hit)

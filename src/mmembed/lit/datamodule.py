@@ -1,4 +1,4 @@
-"""The one DataModule: training rows of any data source (mmembed.data.sources), STS-B dev validation.
+"""The one DataModule: training rows of any data source (mmembed.data.sources), the validation sets (conf/val/).
 
 `data=<name>` names this class and its source by `_target_` (conf/data/*.yaml). The DataModule's own
 settings are the policy every kind of data shares (batch size, seeded resumable shuffling, `on_error`,
@@ -23,15 +23,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmembed.data.collate import ObjectiveCollator
-from mmembed.data.heldout import heldout_sentences
+from mmembed.data.heldout import drop_heldout_images, heldout_sentences
 from mmembed.data.sampling import ResumableDataLoader, ResumableRandomSampler
 from mmembed.errors import DataConfigError, SkipCounter
-from mmembed.lit.sts_validation import StsValidation
+from mmembed.lit.validation import ValidationSets
 
 
 class TrainingDataModule(L.LightningDataModule):
-    """Any source's rows, seeded and resumable shuffled into full batches for the objective's collator; STS-B
-    dev pairs for validation. Attributes other code reads: `featurizer`, `max_text_tokens`, `train_files`
+    """Any source's rows, seeded and resumable shuffled into full batches for the objective's collator; one
+    validation dataloader per set of `val_sets` (mmembed.lit.validation), whose sentences and images never train.
+    Attributes other code reads: `featurizer`, `max_text_tokens`, `train_files`
     (the source's, if any), `train_set`, `skips`, `heldout_dropped`, `row_kind`."""
 
     def __init__(
@@ -45,10 +46,7 @@ class TrainingDataModule(L.LightningDataModule):
         num_workers: int = 0,
         on_error: str = "skip",
         train_limit: int | None = None,
-        val_sts_dir: str | None = None,
-        val_split: str = "dev",
-        val_limit: int | None = None,
-        val_batch_size: int = 64,
+        val_sets: Mapping[str, Mapping] | None = None,
         heldout: Mapping[str, Mapping] | None = None,
         **source_settings,
     ):
@@ -63,9 +61,8 @@ class TrainingDataModule(L.LightningDataModule):
         self.batch_size, self.max_text_tokens = batch_size, max_text_tokens
         self.shuffle_seed, self.num_workers, self.on_error = shuffle_seed, num_workers, on_error
         self.train_limit = train_limit
-        # Validation is a separable piece: none when data.val_sts_dir=null.
-        self.validation = (StsValidation(val_sts_dir, val_split, val_limit, val_batch_size, shuffle_seed)
-                           if val_sts_dir else None)
+        # Validation is a separable piece (conf/val/: `val=...` reaches here as data.val_sets); none: val=none.
+        self.validation = ValidationSets(val_sets, shuffle_seed, on_error) if val_sets else None
         self.train_set = None
         self.skips = SkipCounter()  # rows dropped while reading (data.on_error=skip), logged as data/skipped
 
@@ -82,8 +79,16 @@ class TrainingDataModule(L.LightningDataModule):
         return getattr(self.source, "train_files", None)
 
     def read_train_set(self):
-        """Every training row minus those holding an evaluation sentence (their number: `heldout_dropped`)."""
-        rows, self.heldout_dropped = self.source.read_rows(self.on_error, self.skips, heldout_sentences(self.heldout))
+        """Every training row minus those holding an evaluation or validation sentence or a validation image
+        (their number: `heldout_dropped`)."""
+        sources = dict(self.heldout or {})
+        if self.validation is not None:
+            sources.update(self.validation.heldout_sources())
+        rows, self.heldout_dropped = self.source.read_rows(self.on_error, self.skips, heldout_sentences(sources))
+        columns = list(getattr(self.source, "image_columns", ()))
+        if self.validation is not None and columns:
+            rows, dropped = drop_heldout_images(rows, columns, self.validation.heldout_images())
+            self.heldout_dropped += dropped
         return rows
 
     def check_data(self) -> None:
@@ -91,7 +96,7 @@ class TrainingDataModule(L.LightningDataModule):
         model loads, so bad data costs seconds."""
         self.source.check_paths()
         if self.validation is not None:
-            self.validation.check_paths()
+            self.validation.check(self.featurizer)
         if self.objective is not None and self.objective.row_kind != self.row_kind:
             raise DataConfigError(
                 f"objective {type(self.objective).__name__} reads {self.objective.row_kind!r} rows but "
@@ -147,7 +152,7 @@ class TrainingDataModule(L.LightningDataModule):
     def val_dataloader(self):
         if self.validation is None:
             return []
-        return self.validation.dataloader(self.featurizer)
+        return self.validation.dataloaders(self.featurizer)
 
 
 def build_source(source, settings: Mapping):

@@ -1,4 +1,4 @@
-"""The one LightningModule: any objective (or a weighted sum), STS validation, adapter-only checkpoints.
+"""The one LightningModule: any objective (or a weighted sum), validation sets, adapter-only checkpoints.
 
 Batches come from `ObjectiveCollator`: `batch["features"]` is what the objective built from the rows;
 the objective returns the loss and its metrics (logged as `train/<name>`).
@@ -23,8 +23,8 @@ import lightning as L
 import torch
 
 from mmembed.errors import ConfigError, MMEmbedError
+from mmembed.lit.validation import TowerCacheDuringValidation, ValidationTables
 from mmembed.losses import grad_cache_step
-from mmembed.metrics.sts import STSSpearman
 from mmembed.models.backbones import vision_modules
 from mmembed.models.embedder import MLLMEmbedder
 from mmembed.objectives.base import Objective, StepContext
@@ -51,11 +51,12 @@ class EmbeddingLitModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
         accumulate_grad_batches: int = 1,
+        validation=None,
     ):
         super().__init__()
         self.embedder, self.objective = embedder, objective
         # Plain values only: the model is rebuilt from config, never pickled into checkpoints.
-        self.save_hyperparameters(ignore=["embedder", "objective"])
+        self.save_hyperparameters(ignore=["embedder", "objective", "validation"])
         # Checkpoints hold the trainable (adapter) weights only; the frozen base comes from its folder.
         self.strict_loading = False
         if chunk_size is not None and int(chunk_size) < 1:
@@ -69,7 +70,8 @@ class EmbeddingLitModule(L.LightningModule):
             raise ConfigError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
         self.chunk_size = chunk_size
         self.automatic_optimization = chunk_size is None
-        self.val_sts = STSSpearman()
+        self.validation = validation
+        self._val_tables, self._tower_cache = None, TowerCacheDuringValidation()
 
     # ---- training ----
     def on_train_epoch_start(self) -> None:
@@ -143,20 +145,26 @@ class EmbeddingLitModule(L.LightningModule):
         for key, value in metrics.items():
             self.log(f"train/{key}", float(value), batch_size=size)
 
-    # ---- validation: STS Spearman of cosine similarities (de-duplicated by pair id across ranks) ----
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        e1, e2 = self.embedder(**batch["inputs1"]), self.embedder(**batch["inputs2"])
-        self.val_sts.update(e1, e2, batch["scores"], batch["ids"])
+    # ---- validation: every set of `val=` (mmembed.lit.validation), one dataloader each ----
+    def on_validation_epoch_start(self) -> None:
+        # the sets given to this module, else the DataModule's (`data.val_sets`)
+        sets = self.validation or getattr(getattr(self.trainer, "datamodule", None), "validation", None)
+        self._val_tables = ValidationTables(sets, self.device) if sets is not None and sets.names else None
+        if self._val_tables is not None and sets.needs_images():
+            self._tower_cache.enter(self.embedder.model)
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._val_tables.update(dataloader_idx, batch["groups"], lambda inputs: self.embedder(**inputs))
 
     def on_validation_epoch_end(self) -> None:
-        if not self.val_sts.update_called:
+        self._tower_cache.exit()
+        if self._val_tables is None:
             return
-        # torchmetrics gathers every rank's pairs and keeps one entry per id (DistributedSampler pads).
-        spearman, pairs = self.val_sts.compute(), self.val_sts.num_pairs
-        self.val_sts.reset()
-        # Every rank holds the same synced value; sync_dist averages identical numbers (a no-op).
-        self.log("val/sts_spearman", spearman, prog_bar=True, sync_dist=True)
-        self.log("val/num_pairs", float(pairs), sync_dist=True)
+        # Every rank gathers every rank's embeddings (padded duplicates dropped by id) and scores the same
+        # table, so every rank holds the same values; sync_dist averages identical numbers (a no-op).
+        for key, value in self._val_tables.metrics().items():
+            self.log(key, value, prog_bar=key == "val/sts_spearman", sync_dist=True, add_dataloader_idx=False)
+        self._val_tables = None
 
     # ---- optimisation ----
     def configure_optimizers(self):

@@ -163,10 +163,11 @@ class TowerFeatureCache:
     model's state_dict, so saved models and adapters are the same with or without the cache.
     """
 
-    def __init__(self, body: nn.Module, cache_dir: str | Path | None = None, keep_in_memory: bool = True):
+    def __init__(self, body: nn.Module, cache_dir: str | Path | None = None, keep_in_memory: bool = True,
+                 disk: bool = True):
         self.tower = body.vision_tower
         self.compute = body.get_vision_features  # the bound method, before it is replaced
-        self.disk = VisionFeatureCache(vision_model_key(self.tower), "pixels", cache_dir)
+        self.disk = VisionFeatureCache(vision_model_key(self.tower), "pixels", cache_dir) if disk else None
         self.memory: dict[str, torch.Tensor] | None = {} if keep_in_memory else None
         self.hits = self.misses = 0
 
@@ -193,26 +194,33 @@ class TowerFeatureCache:
     def _get(self, key: str) -> torch.Tensor | None:
         if self.memory is not None and key in self.memory:
             return self.memory[key]
-        features = self.disk.get(key)
+        features = self.disk.get(key) if self.disk is not None else None
         if features is not None and self.memory is not None:
             self.memory[key] = features
         return features
 
     def _put(self, key: str, features: torch.Tensor) -> None:
         features = features.detach().cpu().contiguous()
-        self.disk.put(key, features)
+        if self.disk is not None:
+            self.disk.put(key, features)
         if self.memory is not None:
             self.memory[key] = features
 
 
 def install_tower_cache(model: nn.Module, cache_dir: str | Path | None = None) -> TowerFeatureCache:
     """Route `model`'s vision features through a `TowerFeatureCache` (see there); returns it (hit counts)."""
-    bodies = [m for m in model.modules() if callable(getattr(m, "get_vision_features", None))
-              and isinstance(getattr(m, "vision_tower", None), nn.Module)]
-    if not bodies:
+    body = tower_body(model)
+    if body is None:
         raise ConfigError(f"model.vision_feature_cache=true: {type(model).__name__} has no get_vision_features "
                           "with a vision tower (the default model has); set model.vision_feature_cache=false")
-    body = bodies[-1]  # the innermost: wrappers (PEFT, ForConditionalGeneration) delegate to it
     cache = TowerFeatureCache(body, cache_dir)
     body.get_vision_features = cache  # an instance attribute: the class and state_dict are untouched
     return cache
+
+
+def tower_body(model: nn.Module) -> nn.Module | None:
+    """The innermost module with `get_vision_features` and a `vision_tower` (wrappers such as PEFT and
+    ForConditionalGeneration delegate to it); None when the model has none."""
+    bodies = [m for m in model.modules() if callable(getattr(m, "get_vision_features", None))
+              and isinstance(getattr(m, "vision_tower", None), nn.Module)]
+    return bodies[-1] if bodies else None

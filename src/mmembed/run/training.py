@@ -151,7 +151,8 @@ def _summary(cfg: DictConfig, trainer, module, callbacks, before, out, started: 
         "text_only": bool(cfg.model.text_only),
         "objective": type(module.objective).__name__,
         "global_step": trainer.global_step,
-        "val_before": before[0] if before else None,
+        # one dict per validation dataloader (set), each holding every set's metrics: merged
+        "val_before": {k: v for d in before for k, v in d.items()} if before else None,
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "cost": next((c.summary(module) for c in callbacks if isinstance(c, CostMonitor)), {}),
         "data_quality": next((c.history for c in callbacks if isinstance(c, DataQualityMonitor)), []),

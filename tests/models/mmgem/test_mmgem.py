@@ -155,7 +155,7 @@ def test_llm_image_route_and_refusals(tiny_smol_llava_dir):
 @pytest.mark.slow  # a training run
 def test_experiment_mmgem_trains_two_steps_and_writes_an_adapter_that_loads(tiny_smol_llava_dir, tmp_path):
     cfg = compose_train(["experiment=mmgem", f"model.name_or_path={tiny_smol_llava_dir}", "trainer.max_steps=2",
-                         "data.batch_size=4", "data.val_sts_dir=null", "validate_before_training=false", "~logger",
+                         "data.batch_size=4", "val=none", "validate_before_training=false", "~logger",
                          "lora.r=4", "data.train_limit=8"], tmp_path / "run")
     assert cfg.objective.weights == {"image_text": 1.0, "captioning": 1.0}
     assert cfg.objective.parts.captioning.instruction == "<image>" and cfg.prompt.suffix == "[EMB]"

@@ -14,14 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmembed.data.evalsets.caption_files import (
+    CAPTION_JSON_LAYOUT,
     COCO_LAYOUT,
     CSV_LAYOUT,
     KARPATHY_LAYOUT,
     TOKEN_LAYOUT,
     parse_caption_csv,
+    parse_caption_json,
     parse_coco,
     parse_flickr8k_token,
     parse_karpathy,
+    read_image_names,
 )
 from mmembed.data.evalsets.caption_splits import image_folders, locate_images, select_split
 from mmembed.data.evalsets.layout import BenchmarkLayoutError
@@ -93,7 +96,8 @@ def _limit(images: list[str], captions: list[tuple[str, str]], max_images: int |
     return images[:max_images], [(img, cap) for img, cap in captions if img in keep]
 
 
-def _build(name, images, ordered, captions, meta, layout, check_images=True, max_images=None, drop_missing=False):
+def _build(name, images, ordered, captions, meta, layout, check_images=True, max_images=None, drop_missing=False,
+           renames=None, allow_missing=False):
     """The benchmark of `ordered` images (file names, found in the folder(s) `images`) and their captions.
 
     An image no folder holds raises with `check_images` (evaluation), is dropped and counted with
@@ -101,9 +105,11 @@ def _build(name, images, ordered, captions, meta, layout, check_images=True, max
     otherwise left to the image loader's on_error policy (training without a split).
     """
     folders = image_folders(name, images, layout)
-    found = locate_images(ordered, folders, search=check_images or drop_missing)
+    on_disk = {img: (renames or {}).get(img, img) for img in ordered}  # `image_names`: the file a name is stored as
+    located = locate_images(list(dict.fromkeys(on_disk.values())), folders, search=check_images or drop_missing)
+    found = {img: located[on_disk[img]] for img in ordered}
     missing = [img for img in ordered if found[img] is None]
-    if missing and check_images:
+    if missing and check_images and not allow_missing:
         shown = f"{len(missing)} of {len(ordered)} images, e.g. {folders[0] / missing[0]}"
         raise BenchmarkLayoutError(name, ", ".join(map(str, folders)), layout, [shown])
     if drop_missing:
@@ -116,7 +122,7 @@ def _build(name, images, ordered, captions, meta, layout, check_images=True, max
         if not ordered:
             raise DataConfigError(f"{name}: no image of the split is in {[str(f) for f in folders]}; check `images`")
     ordered, captions = _limit(ordered, captions, max_images)
-    paths = [found[img] or folders[0] / img for img in ordered]
+    paths = [found[img] or folders[0] / on_disk[img] for img in ordered]
     meta["image_dir"] = str(folders[0]) if len(folders) == 1 else [str(f) for f in folders]
     if len(folders) > 1:  # which copy each image came from (e.g. Flickr8k's 224 px copies first)
         meta["images_per_folder"] = {str(f): sum(found[img] == f / img for img in ordered) for f in folders}
@@ -149,15 +155,18 @@ def read_flickr8k_token(token_file, image_dir, name="flickr8k", max_images=None,
     return read_caption_config(cfg, check_images)
 
 
-CAPTION_FORMATS = ("caption_csv", "flickr8k_token", "coco_json", "karpathy")
-_LAYOUTS = {"caption_csv": CSV_LAYOUT, "flickr8k_token": TOKEN_LAYOUT, "coco_json": COCO_LAYOUT, "karpathy": KARPATHY_LAYOUT}
+CAPTION_FORMATS = ("caption_csv", "flickr8k_token", "coco_json", "karpathy", "caption_json")
+_LAYOUTS = {"caption_csv": CSV_LAYOUT, "flickr8k_token": TOKEN_LAYOUT, "coco_json": COCO_LAYOUT, "karpathy": KARPATHY_LAYOUT,
+            "caption_json": CAPTION_JSON_LAYOUT}
 
 
 def read_caption_config(cfg: Mapping, check_images: bool = True) -> CaptionBenchmark:
     """A caption file from its config mapping.
 
-    `format` (caption_csv / flickr8k_token / coco_json / karpathy), `captions` (the file), `images` (a folder
-    or a list of folders searched in order), optional `name`, `max_images` (the first N images after the
+    `format` (caption_csv / flickr8k_token / coco_json / karpathy / caption_json), `captions` (the file), `images`
+    (a folder or a list of folders searched in order), `image_names` (a CSV: name in the caption file -> file on
+    disk), `missing_images` (raise, default: every image must exist; drop: the absent ones are dropped with their
+    captions and counted, for a partial local copy), optional `name`, `max_images` (the first N images after the
     split), and the split: Karpathy files carry their own (`split`, default test); the other formats take
     `split` + `split_files: {name: file of image names}` (or `split_file`) and `heldout_splits` (drop
     captions equal to a caption of those splits' images). `image_range: [start, stop]` keeps a slice of the
@@ -180,7 +189,8 @@ def read_caption_config(cfg: Mapping, check_images: bool = True) -> CaptionBench
         meta["split"] = split
     else:
         name = name or ("coco" if fmt == "coco_json" else "captions")
-        parse = {"caption_csv": parse_caption_csv, "coco_json": parse_coco, "flickr8k_token": parse_flickr8k_token}[fmt]
+        parse = {"caption_csv": parse_caption_csv, "coco_json": parse_coco, "flickr8k_token": parse_flickr8k_token,
+                 "caption_json": parse_caption_json}[fmt]
         ordered, captions, extra = parse(captions_file, name)
     meta.update(extra)
     has_split = fmt != "karpathy" and any(cfg.get(k) for k in ("split", "split_files", "split_file"))
@@ -192,7 +202,10 @@ def read_caption_config(cfg: Mapping, check_images: bool = True) -> CaptionBench
                                   f"({meta['split_file']}); check `captions` and `split_files`")
         kept = {img for img, _ in captions}
         ordered = [img for img in ordered if img in kept]
-    bench = _build(name, cfg["images"], ordered, captions, meta, _LAYOUTS[fmt], check_images, limit, drop_missing=has_split)
+    allow_missing = cfg.get("missing_images", "raise") == "drop"
+    renames = read_image_names(cfg["image_names"], name) if cfg.get("image_names") else None
+    bench = _build(name, cfg["images"], ordered, captions, meta, _LAYOUTS[fmt], check_images, limit,
+                   drop_missing=has_split or allow_missing, renames=renames, allow_missing=allow_missing)
     bench = select_image_range(bench, cfg.get("image_range"))
     return bench.joined() if cfg.get("join_captions") else bench
 

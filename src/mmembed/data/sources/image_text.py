@@ -53,6 +53,7 @@ class ImageTextSource:
     """The pairs of every configured caption source, in source order then file order."""
 
     row_kind = ImageTextRows.row_kind
+    image_columns = ("image",)  # rows whose image is a validation image are dropped (the DataModule)
 
     def __init__(self, sources: Sequence[Mapping], max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.sources = [dict(s) for s in sources]

@@ -58,6 +58,7 @@ class MMEBTrainSource:
     """(query, positive[, negative]) rows of MMEB training files, image paths relative to `image_root`."""
 
     row_kind = MMEBRows.row_kind
+    image_columns = ("qry_image_path", "pos_image_path", "neg_image_path")  # validation images are dropped
 
     def __init__(self, train_files: Sequence[str] | str, image_root: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  missing_hint: str | None = None):

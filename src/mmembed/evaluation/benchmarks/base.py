@@ -36,6 +36,14 @@ class Benchmark:
         """{"metrics": {name: float}, "protocol": {...}} of `embedder` on this benchmark."""
         raise NotImplementedError
 
+    def validation_plan(self, limit: int | None = None, seed: int = 42):
+        """This benchmark as a validation set during training (mmembed.evaluation.validation.ValidationPlan): the
+        inputs to embed and the scoring of their embedding table; `limit` keeps a fixed part (a CPU budget)."""
+        from mmembed.errors import ConfigError
+
+        raise ConfigError(f"benchmark {self.name!r} ({type(self).__name__}) has no validation form; validation sets "
+                          "are STS, caption retrieval and CIRR benchmarks")
+
     def missing(self, embedder) -> frozenset[str]:
         """The capabilities this benchmark needs that `embedder` lacks (empty: it can run)."""
         return frozenset(self.needs) - capabilities(embedder)

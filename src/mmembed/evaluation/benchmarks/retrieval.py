@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 import torch
 
 from mmembed.data.evalsets.captions import CaptionBenchmark, read_caption_config
+from mmembed.errors import ConfigError
 from mmembed.evaluation.benchmarks.base import Benchmark
 from mmembed.evaluation.common import chance_recall, floats, prompt_record
 from mmembed.evaluation.encode import encode_images, encode_rendered_texts, encode_texts
+from mmembed.evaluation.validation import ValidationPlan, image_item, table, text_item
 from mmembed.metrics.retrieval import ImageTextRecall
 
 KS = (1, 5, 10)
@@ -20,7 +22,8 @@ KS = (1, 5, 10)
 @dataclass(kw_only=True)
 class CaptionImages(Benchmark):
     """The caption-file settings of data.evalsets.captions.read_caption_config: `format` (caption_csv /
-    flickr8k_token / coco_json / karpathy), `captions`, `images` (a folder or folders searched in order), the
+    flickr8k_token / coco_json / karpathy / caption_json), `captions`, `images` (a folder or folders searched in
+    order), `image_names` (a CSV: name in the caption file -> file on disk), `missing_images` (raise / drop), the
     split (`split` + `split_files` or `split_file`, `heldout_splits`), `max_images`, `image_range` and
     `join_captions` (each image's captions joined into one long text)."""
 
@@ -30,6 +33,8 @@ class CaptionImages(Benchmark):
     split: str | None = None
     split_files: dict[str, str] | None = None
     split_file: str | None = None
+    image_names: str | None = None
+    missing_images: str = "raise"
     heldout_splits: list[str] = field(default_factory=list)
     max_images: int | None = None
     image_range: list[int] | None = None
@@ -37,7 +42,7 @@ class CaptionImages(Benchmark):
     on_error: str = "skip"
 
     def caption_settings(self) -> dict:
-        return dict(self.settings("format", "captions", "images", "split", "split_files", "split_file",
+        return dict(self.settings("format", "captions", "images", "image_names", "missing_images", "split", "split_files", "split_file",
                                   "heldout_splits", "max_images", "image_range", "join_captions"))
 
     def check(self) -> CaptionBenchmark:
@@ -65,10 +70,6 @@ class CaptionRetrievalBenchmark(CaptionImages):
                                             progress=progress, **self.render)
         else:
             txt_emb = encode_texts(embedder, bench.captions, batch_size, desc=f"{name} captions", progress=progress)
-        metric = ImageTextRecall(ks=KS)
-        metric.update(image_emb=img_emb, image_ids=torch.arange(len(bench.images)))
-        metric.update(text_emb=txt_emb, text_ids=torch.arange(len(bench.captions)),
-                      text_image_ids=torch.tensor(bench.caption_image))
         per_image = Counter(bench.caption_image)
         n_img, n_txt = len(bench.images), len(bench.captions)
         chance = {f"t2i_{k}": v for k, v in chance_recall(n_img, [1] * n_txt, KS).items()}
@@ -90,4 +91,36 @@ class CaptionRetrievalBenchmark(CaptionImages):
                 **({} if self.i2i else {"text": prompt_record(embedder, "text", bench.captions[0])}),
             },
         }
-        return {"metrics": floats(metric.compute()), "protocol": protocol}
+        return {"metrics": floats(retrieval_scores(img_emb, txt_emb, bench.caption_image)), "protocol": protocol}
+
+    def validation_plan(self, limit: int | None = None, seed: int = 42) -> ValidationPlan:
+        """The first `limit` images (all: None) and their captions: images are ids 0..n-1, captions follow."""
+        if self.i2i:
+            raise ConfigError(f"{self.name}: i2i=true (captions rendered as images) has no validation form")
+        bench = self.check()
+        if limit:
+            bench = bench.subset(list(range(min(limit, len(bench.images)))))
+        n_img, n_txt = len(bench.images), len(bench.captions)
+        items = [image_item(p) for p in bench.images] + [text_item(c) for c in bench.captions]
+
+        def score(ids: torch.Tensor, emb: torch.Tensor) -> dict:
+            full, present = table(ids, emb, n_img + n_txt)
+            ok = [i for i in present if i < n_img]  # unreadable images are absent, as run() skips them
+            index = {old: new for new, old in enumerate(ok)}
+            embedded = set(present)  # all captions, except in a partial pass (sanity check, limit_val_batches)
+            captions = [j for j in range(n_txt) if bench.caption_image[j] in index and n_img + j in embedded]
+            if not ok or not captions:
+                return {}
+            images = [index[bench.caption_image[j]] for j in captions]
+            return retrieval_scores(full[ok], full[[n_img + j for j in captions]], images)
+
+        return ValidationPlan(items, score, {"images": n_img, "captions": n_txt})
+
+
+def retrieval_scores(img_emb: torch.Tensor, txt_emb: torch.Tensor, caption_image: list[int]) -> dict:
+    """Text->image and image->text Recall@1/5/10 (unrounded): `caption_image[j]` is the row of `img_emb` caption j
+    describes."""
+    metric = ImageTextRecall(ks=KS)
+    metric.update(image_emb=img_emb, image_ids=torch.arange(len(img_emb)))
+    metric.update(text_emb=txt_emb, text_ids=torch.arange(len(txt_emb)), text_image_ids=torch.tensor(caption_image))
+    return {k: float(v) for k, v in metric.compute().items()}
