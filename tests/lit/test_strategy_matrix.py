@@ -29,7 +29,7 @@ def test_recipe_trains_two_steps_under_ddp(recipe, tiny_smol_llava_dir, tmp_path
     proc = subprocess.run([
         sys.executable, str(REPO / "src" / "train.py"), *RECIPES[recipe], "trainer=ddp", "trainer.accelerator=cpu",
         "trainer.devices=2", "trainer.precision=32-true", "trainer.max_steps=2", "data.batch_size=2",
-        "data.train_limit=8", "data.val_sts_dir=null", "validate_before_training=false", "~logger",
+        "data.train_limit=8", "val=none", "validate_before_training=false", "~logger",
         f"model.name_or_path={tiny_smol_llava_dir}", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}",
     ], cwd=REPO, env=ddp_subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

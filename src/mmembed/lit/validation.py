@@ -142,7 +142,8 @@ class ValidationTables:
             out.update({f"val/{name}/{metric}": float(value) for metric, value in scores.items()})
             out[f"val/{name}/inputs"] = float(ids.numel())
             for metric, key in self.sets.log_as(name).items():
-                out[key] = float(scores[metric])
+                if metric in scores:  # a partial pass (fast_dev_run, sanity check) may score nothing complete
+                    out[key] = float(scores[metric])
         return out
 
 
