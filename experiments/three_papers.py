@@ -143,10 +143,16 @@ def stage_metrics(run_dir: Path, evaluation_only: bool) -> tuple[dict, dict] | N
     return summary["evaluation"]["metrics"], cost
 
 
+def shown(path: Path) -> str:
+    """A path as results files show it: relative to the repository when inside it (no machine's own path)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def row_record(name: str, row: Row, out: Path) -> dict:
     """The row's metrics (its last stage's evaluation) and its training cost (every stage summed)."""
     finished = [stage_metrics(out / s.run, s.experiment is None) for s in row.stages]
-    record = {"row": name, "label": row.label, "paper": row.paper, "runs": [str(out / s.run) for s in row.stages],
+    record = {"row": name, "label": row.label, "paper": row.paper, "runs": [shown(out / s.run) for s in row.stages],
               "finished": all(f is not None for f in finished), "metrics": {}, "cost": {}}
     if record["finished"]:
         metrics = dict(finished[-1][0])
@@ -275,7 +281,7 @@ def _main(args) -> int:
             if not _run_stage(stage, command, out, args.force, position):
                 failed.add(stage.run)
     records = [row_record(name, row, out) for name, row in rows]
-    text = (f"Runs: `{out}`; the suite: STS12 / STS-B / SICK-R (Spearman x100; STS avg = their mean), "
+    text = (f"Runs: `{shown(out)}`; the suite: STS12 / STS-B / SICK-R (Spearman x100; STS avg = their mean), "
             f"Flickr8k 1k test (1,000 images x 5,000 captions) Recall, mini-MMEB hit@1 overall"
             f"{f' (first {args.mmeb_queries} queries per dataset)' if args.mmeb_queries else ''}, "
             f"CIDEr x100 of greedy captions of the same 1,000 images (recipes that caption).\n\n")
