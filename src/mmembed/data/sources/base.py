@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mmembed.errors import SkipCounter
+from mmembed.data.images import DEFAULT_MAX_PIXELS
+from mmembed.errors import SkipCounter, check_on_error
 
 
 @dataclass
@@ -27,6 +28,18 @@ class RowPreparer(Protocol):
     row_kind: str
 
     def __call__(self, rows: Sequence[dict]) -> Prepared: ...
+
+
+class ImageRowPreparer:
+    """What the row preparers that open images share: the featurizer (to cut texts), the text cutoff, the
+    bad-image policy and the decompression-bomb guard. Subclasses implement `__call__`."""
+
+    row_kind = ""
+
+    def __init__(self, featurizer, max_text_tokens: int | None = None, on_error: str = "skip",
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.featurizer, self.max_text_tokens = featurizer, max_text_tokens
+        self.on_error, self.max_pixels = check_on_error(on_error), max_pixels
 
 
 class DataSource(Protocol):

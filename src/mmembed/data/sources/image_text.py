@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 from mmembed.data.heldout import drop_heldout_rows
 from mmembed.data.image_text import pairs_as_rows, read_image_text_sources, source_paths
 from mmembed.data.images import DEFAULT_MAX_PIXELS, load_image
-from mmembed.data.sources.base import Prepared
-from mmembed.errors import DataConfigError, SkipCounter, check_on_error
+from mmembed.data.sources.base import ImageRowPreparer, Prepared
+from mmembed.errors import DataConfigError, SkipCounter
 
 
-class ImageTextRows:
+class ImageTextRows(ImageRowPreparer):
     """Rows {image (path), text[, box]} -> {image (decoded RGB PIL image, or None when it could not be read
     under `on_error=skip`), image_key (the path, plus the box for a region), text (cut), box}. The objective
     decides what an unreadable image means (masked out for InfoNCE, dropped for captioning)."""
@@ -26,8 +26,7 @@ class ImageTextRows:
 
     def __init__(self, featurizer, max_text_tokens: int | None = 32, on_error: str = "skip",
                  max_pixels: int | None = DEFAULT_MAX_PIXELS):
-        self.featurizer, self.max_text_tokens = featurizer, max_text_tokens
-        self.on_error, self.max_pixels = check_on_error(on_error), max_pixels
+        super().__init__(featurizer, max_text_tokens, on_error, max_pixels)  # E5-V's 32-token cut by default
 
     def __call__(self, rows: Sequence[dict]) -> Prepared:
         if not rows:

@@ -13,21 +13,16 @@ from pathlib import Path
 from mmembed.data.heldout import drop_heldout_rows
 from mmembed.data.images import DEFAULT_MAX_PIXELS, load_image
 from mmembed.data.mmeb_train import TEXT_COLUMNS, read_mmeb_train
-from mmembed.data.sources.base import Prepared, file_list
-from mmembed.errors import DataConfigError, SkipCounter, check_on_error
+from mmembed.data.sources.base import ImageRowPreparer, Prepared, file_list
+from mmembed.errors import DataConfigError, SkipCounter
 
 
-class MMEBRows:
+class MMEBRows(ImageRowPreparer):
     """MMEB training rows -> the same keys with the images opened, plus `ok` (False when an image the row
     needs could not be read under `on_error=skip`; the objective masks such rows so every rank keeps its
     batch size) and `neg_ok`."""
 
     row_kind = "mmeb_pairs"
-
-    def __init__(self, featurizer, max_text_tokens: int | None = None, on_error: str = "skip",
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
-        self.featurizer, self.max_text_tokens = featurizer, max_text_tokens
-        self.on_error, self.max_pixels = check_on_error(on_error), max_pixels
 
     def __call__(self, rows: Sequence[dict]) -> Prepared:
         if not rows:
