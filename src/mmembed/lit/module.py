@@ -72,6 +72,8 @@ class EmbeddingLitModule(L.LightningModule):
         self.automatic_optimization = chunk_size is None
         self.validation = validation
         self._val_tables, self._tower_cache = None, TowerCacheDuringValidation()
+        # The last validation's sets and gathered tables ({set: (ids, embeddings)}), for lit.tensorboard_views.
+        self.last_validation: tuple | None = None
 
     # ---- training ----
     def on_train_epoch_start(self) -> None:
@@ -164,6 +166,7 @@ class EmbeddingLitModule(L.LightningModule):
         # table, so every rank holds the same values; sync_dist averages identical numbers (a no-op).
         for key, value in self._val_tables.metrics().items():
             self.log(key, value, prog_bar=key == "val/sts_spearman", sync_dist=True, add_dataloader_idx=False)
+        self.last_validation = (self._val_tables.sets, self._val_tables.gathered)
         self._val_tables = None
 
     # ---- optimisation ----

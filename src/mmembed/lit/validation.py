@@ -120,13 +120,15 @@ class ValidationCollator:
 
 class ValidationTables:
     """One `EmbeddingTable` per set during a validation epoch; `metrics()` gathers them across ranks and scores
-    each set from its whole table: {"val/<set>/<metric>": value, plus each set's `log_as` names}."""
+    each set from its whole table: {"val/<set>/<metric>": value, plus each set's `log_as` names}. The gathered
+    tables stay in `gathered` ({set: (ids, embeddings)}) for callbacks that draw them (lit.tensorboard_views)."""
 
     def __init__(self, sets: ValidationSets, device):
         from mmembed.metrics.table import EmbeddingTable
 
         self.sets = sets
         self.tables = [EmbeddingTable().to(device) for _ in sets.names]
+        self.gathered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def update(self, dataloader_idx: int, groups: list[dict], embed) -> None:
         for group in groups:
@@ -138,6 +140,7 @@ class ValidationTables:
             if not table.update_called:
                 continue
             ids, emb = table.compute()  # every rank's rows, one per id
+            self.gathered[name] = (ids, emb)
             scores = plans[name].score(ids, emb)
             out.update({f"val/{name}/{metric}": float(value) for metric, value in scores.items()})
             out[f"val/{name}/inputs"] = float(ids.numel())

@@ -114,7 +114,8 @@ class CaptionRetrievalBenchmark(CaptionImages):
             images = [index[bench.caption_image[j]] for j in captions]
             return retrieval_scores(full[ok], full[[n_img + j for j in captions]], images)
 
-        return ValidationPlan(items, score, {"images": n_img, "captions": n_txt})
+        # caption_image: caption j (item n_img + j) describes image item caption_image[j] (lit.tensorboard_views)
+        return ValidationPlan(items, score, {"images": n_img, "captions": n_txt, "caption_image": list(bench.caption_image)})
 
 
 def retrieval_scores(img_emb: torch.Tensor, txt_emb: torch.Tensor, caption_image: list[int]) -> dict:
