@@ -38,7 +38,7 @@ def test_export_merged_loads_in_fresh_process_with_same_embeddings(
     assert main("export", ["--model", str(tiny_dir), "--adapter", str(lora_adapter_dir), "--out", str(out)]) == 0
     assert "Embedder.from_pretrained" in capsys.readouterr().out
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "mmembed_prompts.json", "mmembed_export.json"} <= names
+    assert {"config.json", "model.safetensors", "mmembed_prompts.json", "mmembed_export.json", "README.md"} <= names
     assert not any(n.startswith("adapter_") for n in names)
     assert json.loads((out / "mmembed_export.json").read_text())["adapter"] == str(lora_adapter_dir.resolve())
 

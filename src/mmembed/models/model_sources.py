@@ -134,7 +134,7 @@ def _load_processor_of(family: str, source: str, model_type: str | None, trust_r
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()
         try:
-            return transformers.LlavaProcessor.from_pretrained(source)
+            return transformers.LlavaProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
         finally:
             transformers.logging.set_verbosity(verbosity)
     if family == "causal_lm":
