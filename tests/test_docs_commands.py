@@ -164,11 +164,14 @@ def compose_checked(config_name: str, overrides: tuple[str, ...]) -> object:
 def sweep_values(override: str) -> list[str]:
     """`key=a,b` -> [`key=a`, `key=b`]; a plain override stays as it is."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
 
     parsed = OverridesParser.create().parse_overrides([override])[0]
     if not parsed.is_sweep_override():
         return [override]
     prefix = override.split("=", 1)[0]
+    if isinstance(parsed.value(), IntervalSweep):  # a search's range (hparams_search=...): its two ends
+        return [f"{prefix}={parsed.value().start}", f"{prefix}={parsed.value().end}"]
     return [f"{prefix}={value}" for value in parsed.sweep_string_iterator()]
 
 
