@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     except MMEmbedError as err:
         print(f"{type(err).__name__}: {err}", file=sys.stderr)
         return 2
-    print(json.dumps({k: counts[k] for k in ("eval", "train", "crops_written", "disjoint", "build_seconds", "out")},
+    print(json.dumps({k: counts[k] for k in ("eval", "train", "heldout_dropped", "crops_written", "disjoint",
+                                             "build_seconds", "out")},
                      indent=2))
     return 0
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import psutil
 
+from mmembed.lit.strategies import full_state_dict_of
 from mmembed.models.backbones import vision_modules
 from mmembed.models.lora import BASE_ADAPTER_DIR
 from mmembed.models.model_record import save_model_record
@@ -34,13 +35,25 @@ class AdapterSaver(L.Callback):
         self.base_adapter = Path(base_adapter).resolve() if base_adapter else None
         self.model_record: dict | None = None  # set by the run: base, extension, pooler (mmembed_model.json)
 
-    def _save(self, pl_module: L.LightningModule, name: str) -> Path:
+    @staticmethod
+    def _full_state(trainer: L.Trainer, pl_module: L.LightningModule) -> dict | None:
+        """Under FSDP rank 0 holds only its shard of each parameter: the adapter model's state dict gathered whole
+        (every rank takes part, rank 0 receives it). None under other strategies: save_pretrained reads the model."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        model = pl_module.embedder.model
+        if not isinstance(trainer.strategy, FSDPStrategy) or not hasattr(model, "peft_config"):
+            return None
+        return full_state_dict_of(trainer.strategy.model, model)
+
+    def _save(self, pl_module: L.LightningModule, name: str, state: dict | None = None) -> Path:
         target = self.dirpath / name
         model = pl_module.embedder.model
         if not hasattr(model, "save_pretrained") or not hasattr(model, "peft_config"):
             return target
         tmp = self.dirpath / f".{name}.tmp"
-        model.save_pretrained(str(tmp))
+        # `state`: the full tensors gathered under FSDP; PEFT picks the adapter's entries from it
+        model.save_pretrained(str(tmp), **({"state_dict": state} if state is not None else {}))
         save_prompts(pl_module.embedder.renderer.config, tmp)  # loaders render what training rendered
         if self.model_record is not None:
             save_model_record(self.model_record, tmp)  # the extension and pooler a loader must rebuild
@@ -52,15 +65,19 @@ class AdapterSaver(L.Callback):
         return target
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or trainer.global_step == 0:
+        if trainer.sanity_checking or trainer.global_step == 0:
+            return
+        state = self._full_state(trainer, pl_module)  # a collective under FSDP: every rank, before the rank check
+        if not trainer.is_global_zero:
             return
         if self.keep_every_validation:
-            self._save(pl_module, f"step-{trainer.global_step}")
-        self._save(pl_module, "last")
+            self._save(pl_module, f"step-{trainer.global_step}", state)
+        self._save(pl_module, "last", state)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state = self._full_state(trainer, pl_module)
         if trainer.is_global_zero:
-            self._save(pl_module, "last")
+            self._save(pl_module, "last", state)
 
 
 class BaseModelSaver(L.Callback):

@@ -19,6 +19,7 @@ from mmembed.models.factory import build_embedder, build_featurizer
 from mmembed.run.config import lora_spec, model_spec
 from mmembed.run.folders import OutputDirError, disk_full_cause, ensure_writable, last_checkpoint, resolve_ckpt_path
 from mmembed.run.hparams import flat_hparams
+from mmembed.run.monitors import check_monitors
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,13 @@ def run_training(cfg: DictConfig) -> dict:
     out = ensure_writable(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg, out)  # before the model loads
     chunk_size = grad_cache_chunk_size(cfg)
-    preflight(cfg.trainer, chunk_size)  # a missing strategy package fails here, before data and model load
     objective = instantiate(cfg.objective, _convert_="all")
+    preflight(cfg.trainer, chunk_size, objective, cfg.get("callbacks"))  # refused here, before data and model load
     spec = model_spec(cfg)
     featurizer = build_featurizer(spec)  # tokenizer + processor only: no weights yet
     datamodule = build_datamodule(cfg.data, featurizer, objective)
     datamodule.check_data()  # every training and validation file read now: bad data costs seconds
+    check_monitors(cfg, getattr(datamodule, "validation", None))  # monitors name metrics val= will log
     prepare = getattr(objective, "prepare", None)  # one-time work an objective needs, e.g. a teacher cache
     if callable(prepare):
         prepare(datamodule)

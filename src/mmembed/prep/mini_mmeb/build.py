@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mmembed.errors import DataConfigError
 from mmembed.prep.mini_mmeb.grounding import grounding
+from mmembed.prep.mini_mmeb.heldout import configured_heldout, drop_heldout_train_rows
 from mmembed.prep.mini_mmeb.readme import DATASETS, readme
 from mmembed.prep.mini_mmeb.tasks import (
     cirr_local,
@@ -114,8 +115,13 @@ def check_disjoint(out: Path, files: dict[str, list[dict]], crops) -> dict:
 
 
 def build_mini_mmeb(data_root: str | Path, out: str | Path = DEFAULT_OUT, limit: int | None = None, seed: int = 0,
-                    force: bool = False) -> dict:
-    """Build into `out` (refusing an existing folder unless `force`); returns the counts (also counts.json)."""
+                    force: bool = False, heldout: frozenset[str] | None = None) -> dict:
+    """Build into `out` (refusing an existing folder unless `force`); returns the counts (also counts.json).
+
+    `heldout`: the evaluation sentences no training row may hold (folded as data.heldout folds them);
+    None reads conf/heldout/local.yaml's sets under `data_root`. Rows holding one are left out of the
+    train files, and `counts["heldout_dropped"]` says how many per dataset.
+    """
     data_root, out = Path(data_root).expanduser().resolve(), Path(out).expanduser()
     if out.exists() and not force:
         raise DataConfigError(f"{out} exists; pass --force to rebuild it, or choose another --out")
@@ -134,6 +140,7 @@ def build_mini_mmeb(data_root: str | Path, out: str | Path = DEFAULT_OUT, limit:
     files: dict[str, list[dict]] = {}
     for builder in BUILDERS:
         files.update(builder(ctx))
+    dropped = drop_heldout_train_rows(files, configured_heldout(data_root) if heldout is None else heldout)
     for key, rows in sorted(files.items()):
         _jsonl(partial / f"{key}.jsonl", rows)
         if key.startswith("eval/"):
@@ -147,6 +154,7 @@ def build_mini_mmeb(data_root: str | Path, out: str | Path = DEFAULT_OUT, limit:
         "version": VERSION, "seed": seed, "limit": limit, "data_root": str(data_root),
         "eval": {k.removeprefix("eval/"): _eval_counts(r) for k, r in sorted(files.items()) if k.startswith("eval/")},
         "train": {k.removeprefix("train/"): len(r) for k, r in sorted(files.items()) if k.startswith("train/")},
+        "heldout_dropped": dropped,  # train rows left out for holding an evaluation sentence (conf/heldout)
         "crops_written": len(ctx.crops),
         "disjoint": check_disjoint(partial, files, ctx.crops),
     }

@@ -90,6 +90,10 @@ def readme(counts: dict, command: str) -> str:
               "", "## Train datasets (training images only)", "", "| dataset | rows |", "|---|---|"]
     lines += [f"| {name} | {n} |" for name, n in counts["train"].items()]
     lines += [""] + [f"- **{name}**: {TRAIN[name]}." for name in counts["train"]]
+    dropped = counts.get("heldout_dropped", {})
+    lines += ["", f"Left out of the train files: {sum(dropped.values())} rows holding a sentence of an evaluation set "
+              "(conf/heldout/local.yaml; also inside an instruction), per dataset: "
+              + (", ".join(f"{name} {n}" for name, n in dropped.items()) or "none") + "."]
     d = counts["disjoint"]
     lines += ["", "## Disjointness", "",
               f"Eval rows use {d['eval_source_images']} source images (crops traced to theirs), train rows "
