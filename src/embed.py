@@ -18,13 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("mmembed.embed")
 
 
-def load_embedder(spec):
+def load_embedder(spec, truncate_dim: int | None = None):
     """Model + adapter + prompts from the one model factory, with its prompt precedence (prompts given on
     the command line > saved with the adapter > saved with the model > the config's default)."""
     from mmembed.inference import Embedder
     from mmembed.models.factory import build_embedder
 
-    return Embedder(build_embedder(spec))
+    return Embedder(build_embedder(spec), truncate_dim=truncate_dim)
 
 
 def run(cfg: DictConfig):
@@ -37,7 +37,7 @@ def run(cfg: DictConfig):
         raise ConfigError("set out=FOLDER: where the shards and the index go (a rerun with the same out= resumes)")
     corpus = read_corpus(**cfg.input)  # bad input files stop here, before the model loads
     spec = model_spec(cfg, inference=True)
-    embedder = load_embedder(spec)
+    embedder = load_embedder(spec, cfg.get("truncate_dim"))
     summary = embed_corpus(
         embedder, corpus, cfg.out, partial(hydra.utils.instantiate, cfg.trainer), model=cfg.model.name_or_path,
         adapter=cfg.adapter, dtype=spec.dtype, kind=cfg.kind, batch_size=cfg.batch_size,

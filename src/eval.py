@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from mmembed.run.evaluation import benchmark_list
+from mmembed.run.evaluation import benchmark_list, write_mteb_files
 
 log = logging.getLogger("mmembed.eval")
 
@@ -40,6 +40,12 @@ def build_eval_embedder(cfg: DictConfig):
     if cfg.model.get("embedder"):
         from hydra.utils import instantiate
 
+        from mmembed.errors import ConfigError
+
+        if cfg.get("truncate_dim") is not None:
+            raise ConfigError(f"truncate_dim={cfg.truncate_dim}: applies to MLLM models (the Embedder), not to "
+                              f"model.embedder={cfg.model.embedder._target_}")
+
         return instantiate(cfg.model.embedder)
     from mmembed.inference import Embedder
     from mmembed.models.factory import build_embedder
@@ -47,7 +53,7 @@ def build_eval_embedder(cfg: DictConfig):
 
     # The inference Embedder gives the same vectors as the plain embedder (tested to cos >= 0.9999),
     # faster: texts sorted by token length, the shared prompt prefix computed once.
-    return Embedder(build_embedder(model_spec(cfg, inference=True)))
+    return Embedder(build_embedder(model_spec(cfg, inference=True)), truncate_dim=cfg.get("truncate_dim"))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
@@ -80,8 +86,12 @@ def main(cfg: DictConfig) -> dict:
             progress=cfg.progress,
             extra={"suite": cfg.eval.get("suite"), "merge_adapter": bool(cfg.get("merge_adapter")),
                    "dtype": cfg.model.get("inference_dtype") or cfg.model.get("dtype"),
-                   "vision_dtype": cfg.model.get("vision_dtype")},
+                   "vision_dtype": cfg.model.get("vision_dtype"), "truncate_dim": cfg.get("truncate_dim"),
+                   "embedding_dim": getattr(embedder, "dim", None)},
         )
+        if cfg.get("mteb_results"):
+            results["mteb_results"] = write_mteb_files(embedder, benchmarks, results, str(cfg.model.name_or_path),
+                                                       adapter, cfg.get("truncate_dim"), out_dir)
     except MMEmbedError as err:  # a setting or file to fix: one line. Anything else keeps its traceback.
         log.error("%s: %s", type(err).__name__, err)
         sys.exit(2)

@@ -125,20 +125,25 @@ def search_main(argv=None) -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--backend", default="auto", choices=("auto", "exact", "faiss"))
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    parser.add_argument("--truncate-dim", type=int,
+                        help="Matryoshka size of the query vectors (default: the index's own truncate_dim, if any)")
     _model_args(parser, default=None)
     args = parser.parse_args(argv)
     if args.edit and not args.image:
         raise UsageError("--edit modifies an image query: pass --image too")
     from mmembed.inference.embedder import Embedder
-    from mmembed.inference.index import load_index
+    from mmembed.inference.index import check_query_dim, load_index
 
     index = load_index(args.index)
     saved_path = index.info.get("model_path")
     model = args.model or (saved_path if saved_path and Path(saved_path).is_dir() else index.info["model"])
     adapter = args.adapter if args.model else (args.adapter or index.info.get("adapter"))
+    truncate_dim = args.truncate_dim if args.truncate_dim is not None else index.info.get("truncate_dim")
     embedder = Embedder.from_pretrained(
-        model, adapter=adapter, device=args.device, dtype=args.dtype, prompts=index.info.get("prompt_config")
+        model, adapter=adapter, device=args.device, dtype=args.dtype, prompts=index.info.get("prompt_config"),
+        truncate_dim=truncate_dim,
     )
+    check_query_dim(embedder.dim, index.vectors.shape[1], index.info)  # before embedding anything
     if args.text is not None:
         query, desc = embedder.encode(texts=[args.text]), args.text
     elif args.edit:
@@ -164,12 +169,32 @@ def export_main(argv=None) -> None:
     parser.add_argument("--adapter", help="LoRA adapter folder (omit to copy the base model)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--format", default="merged", choices=("merged", "sentence_transformers"),
+                        help="merged: a folder mmembed loads; sentence_transformers: also SentenceTransformer(folder)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="sentence_transformers format of the default model (smol_llava): ship its modeling code, "
+                             "so SentenceTransformer(folder, trust_remote_code=True) encodes images too "
+                             "(without it: its language model, texts only)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the folder to this Hub repo afterwards")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    from mmembed.inference.export import export_merged
+    from mmembed.inference.export import check_hub_online, export_merged, push_to_hub
 
-    out = export_merged(args.out, args.adapter, model=args.model, dtype=args.dtype, overwrite=args.overwrite)
-    print(f"wrote {out}: load it with Embedder.from_pretrained({str(out)!r})")
+    if args.push_to_hub:  # offline: say so now, not after minutes of merging
+        check_hub_online(args.push_to_hub)
+    if args.trust_remote_code and args.format != "sentence_transformers":
+        raise UsageError("--trust-remote-code ships model code for --format sentence_transformers only")
+    if args.format == "sentence_transformers":
+        from mmembed.inference.st_export import export_sentence_transformers
+
+        out = export_sentence_transformers(args.out, args.adapter, model=args.model, dtype=args.dtype,
+                                           overwrite=args.overwrite, remote_code=args.trust_remote_code)
+        print(f"wrote {out}: load it with SentenceTransformer({str(out)!r}) or Embedder.from_pretrained({str(out)!r})")
+    else:
+        out = export_merged(args.out, args.adapter, model=args.model, dtype=args.dtype, overwrite=args.overwrite)
+        print(f"wrote {out}: load it with Embedder.from_pretrained({str(out)!r})")
+    if args.push_to_hub:
+        print(f"pushed to {push_to_hub(out, args.push_to_hub)}")
 
 
 def main(name: str, argv=None) -> int:

@@ -5,6 +5,7 @@
     vectors = emb.encode(texts=["a dog running", "a red car"])            # [2, D], L2-normalised
     vectors = emb.encode(images=["cat.jpg", pil_image], to_numpy=True)     # numpy [2, D]
     vectors = emb.encode(composed=[("dress.jpg", "make it red")])           # CIR-style query
+    small = Embedder.from_pretrained("default", adapter=..., truncate_dim=128)  # Matryoshka: [N, 128]
 
 What makes it faster than calling the model per batch: only the decoder body runs (no vocabulary
 logits, no per-layer hidden states); texts are sorted by token length so batches carry little
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from mmembed.inference.inputs import batches, length_order, load_image, pick_modality, prefetched
 from mmembed.inference.prefix import PrefixCache, build_prefix_cache
+from mmembed.inference.truncation import check_truncate_dim, truncate
 from mmembed.models.backbones import DEFAULT_MODEL, unwrap, vision_modules
 from mmembed.models.embedder import MLLMEmbedder
 from mmembed.models.factory import ModelSpec, build_embedder
@@ -47,9 +49,12 @@ class Embedder:
         prefetch: bool = True,
         channels_last: bool = True,
         image_chunk: int = 8,
+        truncate_dim: int | None = None,
     ):
         self.embedder = embedder.eval()
         self.backbone = embedder.backbone
+        # Every vector keeps its first truncate_dim coordinates, L2-renormalised (mmembed.inference.truncation).
+        self.truncate_dim = check_truncate_dim(truncate_dim, self.model_dim)
         self.prefetch = prefetch
         self.image_chunk = image_chunk
         if channels_last:
@@ -82,7 +87,8 @@ class Embedder:
         experiments/README.md#encoding-throughput-perfencode_throughputpy-2026-12-02), else float32; or
         "float32" / "bfloat16" / "float16". vision_dtype: the vision tower and projector's own precision
         beside `dtype` (None: float32 under "auto", else `dtype`). options go to __init__ (prefix_cache,
-        prefetch, channels_last, image_chunk).
+        prefetch, channels_last, image_chunk, truncate_dim: keep each vector's first d coordinates,
+        L2-renormalised, as for a Matryoshka-trained model; 1..model_dim, None for all).
         """
         if dtype == "auto":
             from mmembed.hardware import cpu_inference_dtype
@@ -101,8 +107,14 @@ class Embedder:
 
     # ---- facts about the model ----
     @property
-    def dim(self) -> int:
+    def model_dim(self) -> int:
+        """The model's own embedding size (the LLM's hidden size)."""
         return int(unwrap(self.backbone.model).config.get_text_config().hidden_size)
+
+    @property
+    def dim(self) -> int:
+        """The size of the vectors `encode` returns: truncate_dim when set, else model_dim."""
+        return self.truncate_dim or self.model_dim
 
     @property
     def device(self) -> torch.device:
@@ -138,13 +150,16 @@ class Embedder:
         progress: bool | None = None,
         kind: str | None = None,
         category: str | None = None,
+        truncate_dim: int | None = None,
     ) -> torch.Tensor | np.ndarray:
         """[N, D] float32 L2-normalised embeddings (CPU tensor, or numpy with to_numpy), in input order.
 
         Exactly one of texts (strings), images (paths or PIL images) or composed ((image, text) pairs)
         per call. kind picks the prompt (defaults: "text", "image", "cir_query"); category fills
-        FashionIQ prompts. progress: True/False, or None for a bar from 512 inputs on.
+        FashionIQ prompts. progress: True/False, or None for a bar from 512 inputs on. truncate_dim: this
+        call's size (first coordinates, L2-renormalised), instead of the embedder's own `truncate_dim`.
         """
+        size = check_truncate_dim(truncate_dim, self.model_dim) if truncate_dim is not None else self.truncate_dim
         modality, items = pick_modality(texts, images, composed)
         kind = kind or DEFAULT_KIND[modality]
         unique, positions = items, None
@@ -152,7 +167,7 @@ class Embedder:
             unique = list(dict.fromkeys(items))
             slot = {text: i for i, text in enumerate(unique)}
             positions = [slot[text] for text in items]
-        out = torch.zeros(len(unique), self.dim)
+        out = torch.zeros(len(unique), self.model_dim)
         if unique:
             plan = batches(length_order(self._lengths(modality, unique)), batch_size)
             show = len(unique) >= AUTO_PROGRESS_ITEMS if progress is None else progress
@@ -164,6 +179,7 @@ class Embedder:
                     bar.update(len(idx))
         if positions is not None:
             out = out[torch.tensor(positions, dtype=torch.long)] if positions else out
+        out = truncate(out, size)
         return out.numpy() if to_numpy else out
 
     # ---- the MLLMEmbedder interface, so the evaluation runner gets the fast path too ----
@@ -234,7 +250,8 @@ class Embedder:
 
     def __repr__(self) -> str:
         return (
-            f"Embedder({self.backbone.name_or_path!r}, family={self.backbone.family}, dim={self.dim}, "
+            f"Embedder({self.backbone.name_or_path!r}, family={self.backbone.family}, dim={self.dim}"
+            f"{f' (of {self.model_dim})' if self.truncate_dim else ''}, "
             f"device={self.device}, prefix_cache={len(self.prefix) if self.prefix else 0} tokens)"
         )
 

@@ -4,7 +4,7 @@ An index folder holds:
 - `vectors.safetensors`: one float32 tensor "embeddings" [N, D], L2-normalised;
 - `metadata.jsonl`: line i describes row i (`{"id": i, "path": ...}` or `{"id": i, "text": ...}`, ...);
 - `index.json`: how the vectors were made (model, adapter, prompt config and rendered prompts, kind,
-  dim, count), so a query is embedded the same way;
+  dim, count, and truncate_dim for Matryoshka-truncated vectors), so a query is embedded the same way;
 - optionally `faiss.index` (+ `faiss.index.json`): a FAISS flat / IVF / HNSW index over the same rows
   (`mmembed.inference.faiss_index`), recorded in index.json as "faiss"; search uses it, memory-mapped.
 src/embed.py writes these files from its shards (see mmembed.inference.shards).
@@ -49,6 +49,7 @@ class Index:
 
         With a prebuilt FAISS index, "auto" and "faiss" search it (IVF/HNSW are approximate and may
         return id -1 where they find fewer than k rows); "exact" is always the matrix product."""
+        check_query_dim(torch.as_tensor(queries).shape[-1], self.vectors.shape[-1], self.info)
         if self.folder is not None and self.info.get("faiss") and backend in ("auto", "faiss"):
             return self._prebuilt_search(queries, k)
         return search(self.vectors, queries, k, backend)
@@ -60,10 +61,18 @@ class Index:
             self._faiss = faiss_index.read_index(self.folder / self.info["faiss"]["file"], mmap=True,
                                                  expected_n=len(self), expected_d=self.vectors.shape[1])
         queries = torch.as_tensor(queries, dtype=torch.float32)
-        if queries.shape[-1] != self.vectors.shape[-1]:
-            raise IndexFormatError(f"queries have dimension {queries.shape[-1]}, the index {self.vectors.shape[-1]}")
+        check_query_dim(queries.shape[-1], self.vectors.shape[-1], self.info)
         scores, ids = faiss_index.search(self._faiss, queries.numpy(), k)
         return torch.from_numpy(scores), torch.from_numpy(ids).long()
+
+
+def check_query_dim(query_dim: int, index_dim: int, info: dict | None = None) -> None:
+    """One line naming both sizes when queries and index vectors differ (e.g. one of them truncate_dim-ed)."""
+    if query_dim == index_dim:
+        return
+    made = (info or {}).get("truncate_dim")
+    fix = f"with truncate_dim={made}, as the index was" if made else "without truncate_dim, as the index was"
+    raise IndexFormatError(f"queries have dimension {query_dim}, the index {index_dim}: embed the queries {fix}")
 
 
 def write_index(out_dir: str | Path, vectors, metadata: Sequence[dict], info: dict, faiss_kind: str | None = None,

@@ -108,7 +108,7 @@ class MTEBEncoder(AbsEncoder):
             # Same options as the base; a prefix cache only where the base could use one.
             self._by_template[template] = type(base)(
                 wrapped, prefix_cache="auto" if base.prefix is not None else False, prefetch=base.prefetch,
-                channels_last=False, image_chunk=base.image_chunk,
+                channels_last=False, image_chunk=base.image_chunk, truncate_dim=base.truncate_dim,
             )
         return self._by_template[template]
 

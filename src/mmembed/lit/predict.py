@@ -174,6 +174,8 @@ def embed_corpus(embedder, corpus: Corpus, out_dir: str | Path, make_trainer: Ca
         raise ConfigError(f"kind={kind!r}: texts are embedded with the 'text' prompt (kind=null or kind=text)")
     settings = {"model": str(model), "adapter": str(Path(adapter).resolve()) if adapter else None, "dtype": dtype,
                 "modality": corpus.modality, "kind": kind, "prompt_config": dataclasses.asdict(embedder.prompts)}
+    if embedder.truncate_dim:  # only when set, so folders embedded before truncate_dim existed still resume
+        settings["truncate_dim"] = embedder.truncate_dim
     done = shards.finished_shards(out, settings, overwrite)
     todo = shards.plan_shards(out, corpus.rows, done, shard_size, shards.next_shard_number(out))
     out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -11,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from mmembed.errors import ConfigError
 from mmembed.models.factory import build_embedder
 from mmembed.run.config import model_spec
+
+log = logging.getLogger(__name__)
 
 
 def build_benchmark(name: str, settings: DictConfig):
@@ -51,17 +54,36 @@ def evaluate_trained(cfg: DictConfig, adapter_dir: Path | None, out_dir: Path, l
                       adapter=str(adapter_dir) if adapter_dir else None, merge_adapter=True)
     batch_size, progress = int(ev.get("batch_size") or 16), bool(ev.get("progress", True))
     metrics: dict[str, float] = {}
-    trained = Embedder(build_embedder(spec)).eval()
+    trained = Embedder(build_embedder(spec), truncate_dim=ev.get("truncate_dim")).eval()
     if ev.get("modality_gap"):
         metrics.update(_modality_gap(cfg, trained, out_dir, batch_size, progress, logger))
     results = evaluate_suite(
         trained, benchmarks, out_dir, batch_size=batch_size, model=str(cfg.model.name_or_path),
         adapter=str(adapter_dir) if adapter_dir else None, progress=progress,
-        extra={"suite": ev.get("suite"), "trained_in": str(out_dir.parent)},
+        extra={"suite": ev.get("suite"), "trained_in": str(out_dir.parent), "truncate_dim": trained.truncate_dim},
     )
     for name, entry in results["benchmarks"].items():
         metrics.update({f"eval/{name}/{k}": float(v) for k, v in entry["metrics"].items()})
+    if ev.get("mteb_results"):
+        write_mteb_files(trained, benchmarks, results, str(cfg.model.name_or_path),
+                         str(adapter_dir) if adapter_dir else None, trained.truncate_dim, out_dir)
     return {"metrics": metrics, "results": str(out_dir / "results.json")}
+
+
+def write_mteb_files(embedder, benchmarks: list, results: dict, model: str, adapter: str | None,
+                     truncate_dim: int | None, out_dir) -> list[str]:
+    """The STS benchmarks of `results` that stand for MTEB tasks as MTEB result files under <out_dir>/mteb
+    (mteb.ResultCache's layout; mmembed.evaluation.mteb_results). Returns their paths."""
+    from mmembed.evaluation.mteb_results import model_meta, write_mteb_results
+
+    module = getattr(embedder, "embedder", embedder)  # the Embedder's model, or a baseline module
+    meta = model_meta(model, adapter, embed_dim=getattr(embedder, "dim", None), truncate_dim=truncate_dim,
+                      modalities=tuple(sorted(getattr(embedder, "modalities", None) or ["text"])),
+                      n_parameters=sum(p.numel() for p in module.parameters()) if hasattr(module, "parameters") else None)
+    paths = write_mteb_results(results, benchmarks, Path(out_dir) / "mteb", meta)
+    for path in paths:
+        log.info("MTEB result: %s", path)
+    return [str(p) for p in paths]
 
 
 def _modality_gap(cfg: DictConfig, trained, out_dir: Path, batch_size: int, progress: bool, logger) -> dict:
