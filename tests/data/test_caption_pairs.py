@@ -138,17 +138,17 @@ def _datamodule(data_root: Path, *overrides: str):
 # Read from the shared data, then pinned: 29,000 Karpathy train images, 867 + 871 of them Flickr8k dev/test photos.
 SHARED_COUNTS = {
     "images": 31014, "images_not_in_split": 2014, "images_dropped_flickr8k_dev": 867,
-    "images_dropped_flickr8k_test": 871, "images_dropped_flickr30k_test": 0, "captions_repeated_for_an_image": 35,
-    "captions_of_heldout_images": 121, "captions_heldout_sentences": 30, "captions_of_several_images": 553,
-    "images_with_under_two_captions": 0, "pairs": 27262,
+    "images_dropped_flickr8k_test": 871, "images_dropped_flickr30k_test": 0, "captions_repeated_for_an_image": 43,
+    "captions_of_heldout_images": 145, "captions_heldout_sentences": 561, "captions_of_several_images": 550,
+    "images_with_under_two_captions": 2, "pairs": 27260,
 }
 
 
 @pytest.mark.slow  # reads 155,070 captions and the evaluation sets (about 30 s)
 def test_shared_flickr30k_pairs_hold_no_held_out_image_or_caption(data_root):
     datamodule, rows = _datamodule(data_root)
-    assert datamodule.source.counts == SHARED_COUNTS and len(rows) == 27262
-    assert datamodule.heldout_dropped == 30  # the evaluation sentences; no row had a validation image left
+    assert datamodule.source.counts == SHARED_COUNTS and len(rows) == 27260
+    assert datamodule.heldout_dropped == 561  # the evaluation sentences; no row had a validation image left
     split = {s: {image_identity(n) for n in (data_root / f"flickr8k_224/text/Flickr_8k.{s}Images.txt").read_text().split()}
              for s in ("dev", "test")}
     f30k = {s: {image_identity(n) for n in (data_root / f"flickr30k/splits/{s}.txt").read_text().split()}
@@ -172,7 +172,7 @@ def _flickr8k_dev_test_captions(data_root: Path, photos: set[str]) -> set[str]:
 @pytest.mark.slow
 def test_shared_pairs_without_the_evaluation_filter_keep_the_image_and_caption_rules(data_root):
     datamodule, rows = _datamodule(data_root, "heldout=none", "val=none")
-    assert datamodule.heldout_dropped == 0 and len(rows) == 27262
+    assert datamodule.heldout_dropped == 0 and len(rows) == 27260
     assert datamodule.source.counts == {**SHARED_COUNTS, "captions_heldout_sentences": 0}
     # the source's own rules keep Flickr8k dev/test captions out even without data.heldout
     photos = {image_identity(n) for s in ("dev", "test")

@@ -3,9 +3,10 @@ caption after "...the given caption: "), not only a cell that is the sentence it
 
 from __future__ import annotations
 
+from mmembed.data.evalsets.caption_splits import normalise_caption
 from mmembed.data.heldout import drop_heldout_rows, holds
 
-HELDOUT = frozenset({"a dog runs across the grass .", "two men play chess"})
+HELDOUT = frozenset(normalise_caption(s) for s in ("A dog runs across the grass .", "Two men play chess"))
 
 
 def test_instruction_prefixed_cells_hold_the_sentence():
