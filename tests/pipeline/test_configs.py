@@ -41,7 +41,10 @@ def test_experiment_composes_and_instantiates(experiment, tmp_path):
 
 def test_default_config_is_the_text_only_recipe(tmp_path):
     cfg = compose_train(["experiment=text_only"], tmp_path)
-    assert cfg.model.text_only is True
+    # the label-word base, its frozen tower kept to embed the validation images; training reads text only
+    assert cfg.model.name_or_path == "default:label_words" and cfg.model.text_only is False
+    assert list(cfg.val.sets) == ["stsb_dev", "flickr8k_dev"]
+    assert cfg.data.source._target_ == "mmembed.data.sources.text_pairs.TextPairSource"
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (64, 16, 0.05)
     assert cfg.objective.temperature == 0.05
     assert cfg.data.max_text_tokens == 32
@@ -178,11 +181,13 @@ def test_modality_ablation_sweep_runs_six_jobs_and_tabulates(tiny_smol_llava_dir
     jobs = sorted(Path(tmp_path, "sweep").glob("*/train_summary.json"))
     assert len(jobs) == 6
     summaries = [json.loads(j.read_text()) for j in jobs]
-    assert [s["text_only"] for s in summaries] == [True, True, True, False, False, False]
+    # both arms keep the frozen tower (image validation); only the image_text arm trains on images
+    assert [s["objective"] for s in summaries] == ["TextPairInfoNCE"] * 3 + ["ImageTextInfoNCE"] * 3
     assert all("eval/stsb/spearman" in s["evaluation"]["metrics"] for s in summaries)
     assert all((j.parent / "eval" / "modality_gap.png").is_file() for j in jobs)
 
     text = load_script("experiments/modality_ablation.py").main([str(tmp_path / "sweep"), "--out", str(tmp_path / "table")])
     assert "text_only (mean ± sd, seeds 1, 2, 3)" in text and "image_text (mean ± sd, seeds 1, 2, 3)" in text
-    assert "| vision tower in memory | False | True |" in text
+    # text_only keeps its frozen tower now, for image validation (model.text_only=true val=stsb_dev drops it)
+    assert "| vision tower in memory | True | True |" in text
     assert (tmp_path / "table.png").is_file()

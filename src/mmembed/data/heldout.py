@@ -42,7 +42,9 @@ def _sentences_of(name: str, source: Mapping) -> Iterable[str]:
         subsets, _ = read_sts_config(source)
         return [s for pairs in subsets for s in pairs.sentences1 + pairs.sentences2]
     if fmt in CAPTION_FORMATS:
-        return read_caption_config(dict(source, name=name), check_images=False).captions
+        # Every caption of the set's images, also those a validation set leaves out (captions_per_image: 1 scores
+        # one caption per image; the other four still describe a held-out image).
+        return read_caption_config(dict(source, name=name, captions_per_image=None), check_images=False).captions
     raise DataConfigError(f"heldout.sources.{name}: format {fmt!r} has no sentences to hold out (expected an STS "
                           f"format {STS_FORMATS} or a caption format {CAPTION_FORMATS})")
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from omegaconf import DictConfig, OmegaConf
 
 from mmembed.models.factory import LoraSpec, ModelSpec
 from mmembed.models.prompts import PromptConfig
+
+log = logging.getLogger(__name__)
 
 
 def prompts_given_on_command_line() -> bool:
@@ -19,6 +23,33 @@ def prompts_given_on_command_line() -> bool:
     return any(key == "prompt" or key.startswith("prompt.") for key in keys)
 
 
+def model_given_on_command_line() -> bool:
+    """True when the user chose the model explicitly (`model=...` or `model.name_or_path=...`), or when the config
+    was composed outside a Hydra run (tests, notebooks: the config is taken as given)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return True
+    keys = [override.lstrip("+~").split("=", 1)[0] for override in HydraConfig.get().overrides.task]
+    return any(key in ("model", "model.name_or_path") for key in keys)
+
+
+def base_of_adapter(cfg: DictConfig) -> str:
+    """The base to load: `model.name_or_path`, unless an adapter folder records the base it was trained on and the
+    user did not name a model. `make train` trains on the label-word base; `src/eval.py adapter=<that run>` then
+    evaluates it on that base, not on the config's default."""
+    from mmembed.models.model_record import saved_model_record
+
+    configured = str(cfg.model.name_or_path)
+    record = saved_model_record(cfg.adapter) if cfg.get("adapter") else None
+    recorded = str(record.get("base") or "") if record else ""
+    if not recorded or recorded == configured or model_given_on_command_line():
+        return configured
+    log.info("base model %s, as recorded in %s/mmembed_model.json (name another with model.name_or_path=...)",
+             recorded, cfg.adapter)
+    return recorded
+
+
 def model_spec(cfg: DictConfig, explicit_prompts: bool | None = None, inference: bool = False, **changes) -> ModelSpec:
     """`cfg.model` + `cfg.adapter` + `cfg.prompt` (+ `cfg.pooler`) as a ModelSpec; `changes` override fields.
 
@@ -30,7 +61,7 @@ def model_spec(cfg: DictConfig, explicit_prompts: bool | None = None, inference:
     prompts = PromptConfig.from_mapping(OmegaConf.to_container(cfg.prompt, resolve=True))
     explicit = prompts_given_on_command_line() if explicit_prompts is None else explicit_prompts
     spec = ModelSpec(
-        name_or_path=str(m.name_or_path),
+        name_or_path=base_of_adapter(cfg),
         dtype=(m.get("inference_dtype") or m.dtype) if inference else m.dtype,
         vision_dtype=m.get("vision_dtype"),
         text_only=bool(m.text_only),

@@ -63,6 +63,18 @@ class CaptionBenchmark:
             dict(self.meta),
         )
 
+    def first_captions(self, per_image: int) -> CaptionBenchmark:
+        """Each image's first `per_image` captions in file order (e.g. 1: one query per image, a fifth of the
+        text to embed; t2i stays 1 positive per query, i2t then has 1 positive per image)."""
+        seen: dict[int, int] = {}
+        keep = []
+        for j, image in enumerate(self.caption_image):
+            seen[image] = seen.get(image, 0) + 1
+            if seen[image] <= per_image:
+                keep.append(j)
+        return CaptionBenchmark(self.name, list(self.images), list(self.image_ids), [self.captions[j] for j in keep],
+                                [self.caption_image[j] for j in keep], {**self.meta, "captions_per_image": per_image})
+
     def joined(self, separator: str = " ") -> CaptionBenchmark:
         """One long text per image: its captions in file order, joined (MM-GEM's long-text retrieval; for
         Flickr8k five sentences, about 60 words). Images without a caption are dropped."""
@@ -170,7 +182,8 @@ def read_caption_config(cfg: Mapping, check_images: bool = True) -> CaptionBench
     split), and the split: Karpathy files carry their own (`split`, default test); the other formats take
     `split` + `split_files: {name: file of image names}` (or `split_file`) and `heldout_splits` (drop
     captions equal to a caption of those splits' images). `image_range: [start, stop]` keeps a slice of the
-    name-sorted images, for a user's own file that has no official split.
+    name-sorted images, for a user's own file that has no official split. `captions_per_image: k` keeps each image's
+    first k captions (null: all).
     """
     fmt, name, limit = cfg.get("format"), cfg.get("name"), cfg.get("max_images")
     if fmt not in CAPTION_FORMATS:
@@ -207,6 +220,11 @@ def read_caption_config(cfg: Mapping, check_images: bool = True) -> CaptionBench
     bench = _build(name, cfg["images"], ordered, captions, meta, _LAYOUTS[fmt], check_images, limit,
                    drop_missing=has_split or allow_missing, renames=renames, allow_missing=allow_missing)
     bench = select_image_range(bench, cfg.get("image_range"))
+    per_image = cfg.get("captions_per_image")
+    if per_image is not None:
+        if int(per_image) < 1:
+            raise DataConfigError(f"{name}: captions_per_image must be >= 1 (null: all), got {per_image}")
+        bench = bench.first_captions(int(per_image))
     return bench.joined() if cfg.get("join_captions") else bench
 
 

@@ -25,7 +25,8 @@ class CaptionImages(Benchmark):
     flickr8k_token / coco_json / karpathy / caption_json), `captions`, `images` (a folder or folders searched in
     order), `image_names` (a CSV: name in the caption file -> file on disk), `missing_images` (raise / drop), the
     split (`split` + `split_files` or `split_file`, `heldout_splits`), `max_images`, `image_range` and
-    `join_captions` (each image's captions joined into one long text)."""
+    `join_captions` (each image's captions joined into one long text), `captions_per_image` (each image's first k
+    captions; null: all)."""
 
     format: str
     captions: str
@@ -39,11 +40,13 @@ class CaptionImages(Benchmark):
     max_images: int | None = None
     image_range: list[int] | None = None
     join_captions: bool = False
+    captions_per_image: int | None = None
     on_error: str = "skip"
 
     def caption_settings(self) -> dict:
         return dict(self.settings("format", "captions", "images", "image_names", "missing_images", "split", "split_files", "split_file",
-                                  "heldout_splits", "max_images", "image_range", "join_captions"))
+                                  "heldout_splits", "max_images", "image_range", "join_captions",
+                                  "captions_per_image"))
 
     def check(self) -> CaptionBenchmark:
         return read_caption_config(self.caption_settings())
