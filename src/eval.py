@@ -60,6 +60,7 @@ def build_eval_embedder(cfg: DictConfig):
 def main(cfg: DictConfig) -> dict:
     from mmembed.errors import ConfigError, MMEmbedError
     from mmembed.evaluation.suite import check_benchmarks, evaluate_suite
+    from mmembed.run.config import base_of_adapter
     from mmembed.run.folders import ensure_writable
     from mmembed.run.hparams import quiet_library_logging
 
@@ -81,7 +82,7 @@ def main(cfg: DictConfig) -> dict:
             benchmarks,
             out_dir,
             batch_size=cfg.batch_size,
-            model=str(cfg.model.name_or_path),
+            model=base_of_adapter(cfg),  # the base loaded: an adapter's recorded one unless a model was named
             adapter=adapter,
             progress=cfg.progress,
             extra={"suite": cfg.eval.get("suite"), "merge_adapter": bool(cfg.get("merge_adapter")),

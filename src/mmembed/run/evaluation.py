@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmembed.errors import ConfigError
 from mmembed.models.factory import build_embedder
-from mmembed.run.config import model_spec
+from mmembed.run.config import base_of_adapter, model_spec
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def evaluate_trained(cfg: DictConfig, adapter_dir: Path | None, out_dir: Path, l
     if ev.get("modality_gap"):
         metrics.update(_modality_gap(cfg, trained, out_dir, batch_size, progress, logger))
     results = evaluate_suite(
-        trained, benchmarks, out_dir, batch_size=batch_size, model=str(cfg.model.name_or_path),
+        trained, benchmarks, out_dir, batch_size=batch_size, model=base_of_adapter(cfg),
         adapter=str(adapter_dir) if adapter_dir else None, progress=progress,
         extra={"suite": ev.get("suite"), "trained_in": str(out_dir.parent), "truncate_dim": trained.truncate_dim},
     )
