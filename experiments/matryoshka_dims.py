@@ -34,7 +34,7 @@ def benchmarks(captions_per_image: int | None):
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("eval", ["eval=flickr8k_1k",
-                               f"eval.benchmarks.flickr8k_1k_test.captions_per_image={captions_per_image or 'null'}"])
+                               f"++eval.benchmarks.flickr8k_1k_test.captions_per_image={captions_per_image or 'null'}"])
         sts = compose("eval", ["eval=sts"])
     return instantiate(sts.eval.benchmarks.stsb), instantiate(cfg.eval.benchmarks.flickr8k_1k_test)
 

@@ -134,7 +134,7 @@ def test_the_toy_source_trains_a_model(tiny_smol_llava_dir, tmp_path):
     from mmembed.run.training import run_training
     from tests.pipeline.helpers import compose_train
 
-    cfg = compose_train(["experiment=text_only", f"model.name_or_path={tiny_smol_llava_dir}", "trainer.max_steps=2",
+    cfg = compose_train(["experiment=text_only", "model.text_only=true", "val=stsb_dev", f"model.name_or_path={tiny_smol_llava_dir}", "trainer.max_steps=2",
                          "validate_before_training=false", "~logger", "lora.r=4"], tmp_path / "run")
     with open_dict(cfg):
         cfg.data = OmegaConf.create(TOY_DATA)

@@ -92,7 +92,7 @@ def test_train_cli_with_trainer_ddp_on_two_cpu_processes(tiny_smol_llava_dir, tm
     run_dir = tmp_path / "run"
     proc = subprocess.run([
         sys.executable, str(REPO / "src" / "train.py"),
-        "experiment=text_only", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+        "experiment=text_only", "model.text_only=true", "val=stsb_dev", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
         "trainer.precision=32-true", "trainer.max_steps=2", "data.batch_size=2", "val.sets.stsb_dev.limit=7",
         "val.sets.stsb_dev.batch_size=2", "grad_cache.chunk_size=3",
         f"model.name_or_path={tiny_smol_llava_dir}", f"hydra.run.dir={run_dir}",

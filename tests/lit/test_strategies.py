@@ -14,7 +14,7 @@ from mmembed.models.quantization import QuantizationUnavailableError, quantizati
 from mmembed.run.training import run_training
 from tests.pipeline.helpers import build_embedder, compose_train
 
-TINY = ["experiment=text_only", "trainer.max_steps=2", "data.batch_size=4", "val.sets.stsb_dev.limit=8", "val.sets.stsb_dev.batch_size=8"]
+TINY = ["experiment=text_only", "model.text_only=true", "val=stsb_dev", "trainer.max_steps=2", "data.batch_size=4", "val.sets.stsb_dev.limit=8", "val.sets.stsb_dev.batch_size=8"]
 
 
 def test_trainer_ddp_builds_ddp_without_unused_parameter_search(tmp_path):

@@ -15,6 +15,8 @@ def tiny_train_args(model_dir, run_dir, max_steps: int = 6, every_n: int | None 
     """A few-second-per-step text-only run: tiny model, batch 4, no validation, CSV losses."""
     args = [
         "experiment=text_only",
+        "model.text_only=true",
+        "val=stsb_dev",
         f"model.name_or_path={model_dir}",
         f"trainer.max_steps={max_steps}",
         "data.batch_size=4",

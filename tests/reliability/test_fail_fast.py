@@ -26,7 +26,7 @@ def no_model(monkeypatch):
 def test_bad_training_file_fails_before_the_model_loads(tmp_path, no_model, tiny_smol_llava_dir, content, message):
     bad = tmp_path / "train.csv"
     bad.write_text(content)
-    cfg = compose_train(["experiment=text_only", f"model.name_or_path={tiny_smol_llava_dir}",
+    cfg = compose_train(["experiment=text_only", "model.text_only=true", "val=stsb_dev", f"model.name_or_path={tiny_smol_llava_dir}",
                          f"data.train_files=[{bad}]"], tmp_path / "run")
     with pytest.raises(DataConfigError, match=message):
         run_training(cfg)
@@ -35,14 +35,14 @@ def test_bad_training_file_fails_before_the_model_loads(tmp_path, no_model, tiny
 def test_bad_validation_folder_fails_before_the_model_loads(tmp_path, no_model, tiny_smol_llava_dir, data_root):
     (tmp_path / "sts").mkdir()
     (tmp_path / "sts" / "sts-dev.csv").write_text("only\ttwo columns\n")
-    cfg = compose_train(["experiment=text_only", f"model.name_or_path={tiny_smol_llava_dir}",
+    cfg = compose_train(["experiment=text_only", "model.text_only=true", "val=stsb_dev", f"model.name_or_path={tiny_smol_llava_dir}",
                          f"val.sets.stsb_dev.benchmark.path={tmp_path / 'sts'}"], tmp_path / "run")
     with pytest.raises(DataConfigError, match="stsb_dev"):
         run_training(cfg)
 
 
 def test_resume_with_another_lora_layout_is_refused(tiny_smol_llava_dir, tmp_path):
-    base = ["experiment=text_only", f"model.name_or_path={tiny_smol_llava_dir}", "data.batch_size=4",
+    base = ["experiment=text_only", "model.text_only=true", "val=stsb_dev", f"model.name_or_path={tiny_smol_llava_dir}", "data.batch_size=4",
             "val=none", "validate_before_training=false", "~logger",
             "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.every_n_train_steps=1"]
     run_training(compose_train([*base, "trainer.max_steps=1", "lora.r=4"], tmp_path))

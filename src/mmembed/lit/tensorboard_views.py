@@ -91,12 +91,15 @@ class TensorBoardViews(L.Callback):
 
     # ---- Custom Scalars ----
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = tensorboard_writer(trainer) if trainer.is_global_zero else None
         sets = pl_module.validation or getattr(getattr(trainer, "datamodule", None), "validation", None)
-        if writer is None or sets is None or not sets.names:
+        if sets is None or not sets.names:
             return
         plans = sets.setup()
-        writer.add_custom_scalars(custom_scalars_layout({name: metric_names(plans[name]) for name in sets.names}))
+        # Every rank scores: torchmetrics' compute() syncs across ranks under DDP, so rank 0 alone would wait forever.
+        names = {name: metric_names(plans[name]) for name in sets.names}
+        writer = tensorboard_writer(trainer) if trainer.is_global_zero else None
+        if writer is not None:
+            writer.add_custom_scalars(custom_scalars_layout(names))
 
     # ---- Images and Projector ----
     def _retrieval_table(self, pl_module):
