@@ -246,7 +246,7 @@ def test_unreadable_training_images_are_skipped_and_logged(tiny_smol_llava_dir, 
         rows += [{"image": f"good{i}.png", "text": CAPTIONS[i]}, {"image": f"bad{i}.jpg", "text": "never seen"}]
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = compose_train(
-        ["experiment=image_text", f"model.name_or_path={tiny_smol_llava_dir}", "trainer.max_steps=1", "data.batch_size=8",
+        ["experiment=image_text", f"model.name_or_path={tiny_smol_llava_dir}", "trainer.max_steps=1", "data.batch_size=8", "heldout=none",
          f"data.sources=[{{format:pairs,file:{tmp_path / 'pairs.jsonl'}}}]", "val=none",
          "validate_before_training=false"],
         tmp_path / "run",
