@@ -26,7 +26,7 @@ ROWS = 4
 TRIPLETS = """sent0,sent1,hard_neg
 A dog runs through the snow.,An animal is outside in the cold.,A cat sleeps on a sofa.
 Children are playing soccer on a field.,Kids play a game outdoors.,The children are asleep in bed.
-A woman is slicing an onion.,Someone is cutting vegetables.,A woman is riding a horse.
+A chef dices carrots beside a steaming pot.,Someone is cutting vegetables.,A pilot lands a small plane at dusk.
 A man plays the guitar on stage.,A musician performs.,A man is swimming in a lake.
 """
 _T2I = "Find me an everyday image that matches the given caption: "

@@ -126,12 +126,12 @@ def test_a_training_run_writes_the_pictures_projector_and_layout(tiny_smol_llava
     for meta, sprite, tensors in (before, after):
         assert meta[0] == "kind\ttext\timage_id"
         rows = [line.split("\t") for line in meta[1:]]
-        assert [r[0] for r in rows] == ["image"] * 2 + ["caption"] * 10
+        assert [r[0] for r in rows] == ["image"] * 2 + ["caption"] * 2  # flickr8k_dev validates 1 caption per image
         assert [r[1] for r in rows[2:]] == expected_captions
         image_ids = [r[2] for r in rows[:2]]
         assert [r[2] for r in rows[2:]] == [image_ids[caption_image[j]] for j in range(len(captions)) if caption_image[j] < 2]
-        assert sprite.size == (4 * 16, 4 * 16)  # 12 sprites of 16 px: a 4 x 4 grid
-        assert tensors.shape[0] == 12
+        assert sprite.size == (2 * 16, 2 * 16)  # 4 sprites of 16 px: a 2 x 2 grid
+        assert tensors.shape[0] == 4
     assert not np.allclose(before[2], after[2])  # two training steps moved the embeddings
 
     # custom scalars: one section per validated set, metric families grouped

@@ -43,9 +43,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_smol_llava
     assert sorted(before_kill) == [0, 1, 2]  # the killed run logged steps 0..2 only
     # The data loader saved its position: the resumed epoch continues at this batch.
     state = torch.load(last, map_location="cpu", weights_only=True)
-    # 5,444: the 5,864 SNLI triplets minus the 420 that hold an evaluation sentence (conf/heldout)
+    # 5,396: the 5,864 SNLI triplets minus the 468 that hold an evaluation sentence (conf/heldout)
     assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
-        {"epoch": 0, "batches": resume_step, "seed": 42, "num_samples": 5444}
+        {"epoch": 0, "batches": resume_step, "seed": 42, "num_samples": 5396}
     ]
 
     resumed = run_cli(tiny_train_args(tiny_smol_llava_dir, killed, extra=["ckpt_path=last"]))
