@@ -9,7 +9,6 @@ Step 2 follows one AdamW step, whose first update is g / (|g| + eps) per element
 is at float32 noise level move by +-lr either way, and LoRA dropout draws differ between 1 and 2
 processes, so the runs agree only to ~1e-4 there (measured: 4.4e-4 on e5v_paper, lr 4e-4 without warm-up;
 the other recipes warm up from lr 0, so their step 2 repeats step 1). e5v_paper runs in float32 here.
-mmgem_regions is a strict xfail at step 2: see REGIONS_STEP2.
 
 FSDP: the recipes whose ranks run a batch-dependent number of forward passes (UniME stage 2's
 hard-negative loss: one pass per modality present) or that write the whole model from rank 0 (align's
@@ -47,12 +46,10 @@ STEP1_ATOL = 1e-5
 STEP2_ATOL = 1e-3
 # The captioning loss is the token mean of the global batch (objectives/captioning.py scales each rank's sum by
 # W / all ranks' tokens): MM-GEM joint and captioning-only now match 1 process at both steps (measured 9.5e-7 at step
-# 1; before the fix, a mean of per-rank means, 1.4e-3). Known and open: mmgem_regions matches at step 1 (1.9e-6) but
-# its 2-process step 2 is 11.95 against 11.75 (the rows reach the ranks in another split in the second epoch, and
-# the region loss depends on that split). Strict: it starts failing once that is fixed.
-REGIONS_STEP2 = pytest.mark.xfail(
-    strict=True, reason="mmgem_regions: the 2-process step-2 loss depends on how the rows split over the ranks")
-DDP_CASES = [pytest.param(r, marks=REGIONS_STEP2) if r == "mmgem_regions" else r for r in sorted(matrix_harness.RECIPES)]
+# 1; before the fix, a mean of per-rank means, 1.4e-3). mmgem_regions' step 2 once differed (11.95 against 11.75):
+# its epoch-2 sampler order put two rows of one region on other positions, and the row kept among an image's
+# repeats was the first by position; it is now the one with the smallest caption id (objectives/image_text.py).
+DDP_CASES = sorted(matrix_harness.RECIPES)
 
 
 def _launch(model_dir, out: Path, mode: str) -> dict[str, dict]:
@@ -60,7 +57,8 @@ def _launch(model_dir, out: Path, mode: str) -> dict[str, dict]:
     env = ddp_subprocess_env()
     proc = subprocess.run([sys.executable, str(HARNESS), str(model_dir), str(out), mode, *recipes], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    (out / "stderr.txt").write_text(proc.stderr)  # both ranks' output: the tail below may show only rank 0's
+    assert proc.returncode == 0, f"{out / 'stderr.txt'}:\n{proc.stderr[-4000:]}"
     return {r: json.loads((out / f"{mode}_{r}.json").read_text()) for r in recipes}
 
 

@@ -29,6 +29,22 @@ def test_file_in_place_of_the_output_folder(tmp_path):
         ensure_writable(blocker / "run")
 
 
+def _check_many_times(folder: str, times: int) -> int:
+    for _ in range(times):
+        ensure_writable(folder, min_free_bytes=0)
+    return times
+
+
+def test_every_rank_checks_the_same_output_folder_at_once(tmp_path):
+    """DDP ranks all run ensure_writable on one folder at the same moment; with one shared probe name a rank
+    unlinked the file another had just written (FileNotFoundError: the strategy matrix failed 1 run in 3)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        assert pool.starmap(_check_many_times, [(str(tmp_path / "run"), 300)] * 2) == [300, 300]
+    assert list((tmp_path / "run").iterdir()) == []  # no probe left behind
+
+
 def test_full_disk(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))

@@ -30,17 +30,21 @@ def usable_rows(rows: Sequence[dict]) -> list[bool]:
     return usable
 
 
-def first_in_global_batch(image_ids: torch.Tensor, group=None) -> torch.Tensor:
-    """[B] bool: this rank's rows whose image id appears at no earlier row of the global batch (rank order),
-    i.e. `usable_rows`' rule applied to the concatenated batch, so 2 processes keep the rows 1 process keeps."""
+def kept_in_global_batch(image_ids: torch.Tensor, text_ids: torch.Tensor, usable: torch.Tensor,
+                         group=None) -> torch.Tensor:
+    """[B] bool: this rank's rows that stay in the loss. Among the usable rows of the global batch (every rank's,
+    in rank order) that show one image, one is kept: the one with the smallest caption id (the earliest row on a
+    tie). Decided by content, not position, so the kept caption does not depend on how the sampler split or
+    ordered the rows over the ranks: 2 processes keep the rows 1 process keeps on the same global batch."""
     rank, _ = rank_and_world(group)
-    every = gather_no_grad(image_ids, group).tolist()
-    seen, first = set(), []
-    for image_id in every:
-        first.append(image_id not in seen)
-        seen.add(image_id)
     b = image_ids.shape[0]
-    return torch.tensor(first[rank * b:(rank + 1) * b], dtype=torch.bool)
+    every = gather_no_grad(torch.stack([image_ids, text_ids, usable.long()], dim=1), group).tolist()
+    best: dict[int, tuple[int, int]] = {}
+    for position, (image_id, text_id, ok) in enumerate(every):
+        if ok:
+            best[image_id] = min(best.get(image_id, (text_id, position)), (text_id, position))
+    kept = [bool(ok) and best[image_id][1] == position for position, (image_id, _, ok) in enumerate(every)]
+    return torch.tensor(kept[rank * b:(rank + 1) * b], dtype=torch.bool)
 
 
 class ImageTextInfoNCE(EmbeddingObjective):
@@ -64,11 +68,12 @@ class ImageTextInfoNCE(EmbeddingObjective):
         return {
             "texts": featurizer.featurize_text([row["text"] for row in rows]),
             "images": featurizer.featurize_images(images),
-            # valid: opened and first in this rank's batch; loss() re-applies the repeat rule over the global
-            # batch from `usable` (opened, and for regions mappable) and the image ids
+            # valid: opened and first in this rank's batch; loss() applies the repeat rule over the global
+            # batch from `usable` (opened, and for regions mappable), the image ids and the caption ids
             "valid": torch.tensor(usable_rows(rows)),
             "usable": torch.tensor([row["image"] is not None for row in rows]),
             "image_ids": torch.tensor([target_identity(row["image_key"], None) for row in rows], dtype=torch.long),
+            "text_ids": torch.tensor([target_identity(row["text"], None) for row in rows], dtype=torch.long),
         }
 
     def groups(self, features: dict) -> list[dict]:
@@ -78,7 +83,8 @@ class ImageTextInfoNCE(EmbeddingObjective):
         texts, images = embeddings
         valid = features["valid"]  # as given when the features carry no image ids (hand-built ones)
         if "image_ids" in features:
-            valid = features["usable"] & first_in_global_batch(features["image_ids"]).to(valid.device)
+            kept = kept_in_global_batch(features["image_ids"], features["text_ids"], features["usable"])
+            valid = kept.to(valid.device)
         out = distributed_info_nce(texts, images, temperature=self.temperature, valid=valid)
         loss, metrics = out.loss, {"num_negatives": float(out.num_negatives)}
         if self.symmetric:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import shutil
+import socket
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -22,7 +24,9 @@ def ensure_writable(path: str | Path, min_free_bytes: int = MIN_FREE_BYTES) -> P
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-probe"
+        # one probe per process: every DDP rank checks the same folder at once (a shared name raced: one rank
+        # unlinked the file another had just written, and failed the whole run)
+        probe = path / f".write-probe-{socket.gethostname()}-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
