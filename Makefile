@@ -37,7 +37,7 @@ eval: prepare
 
 # The README's test command: the whole suite, slow and multi-process tests included.
 test: prepare
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(ARGS)
 
 # Everything but the slow tests (> ~5 s each: training, a real model, a CLI in a fresh process) and the
 # multi-process ones: the quick check while editing.

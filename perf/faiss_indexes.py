@@ -142,14 +142,8 @@ def run_kind(args) -> dict:
     """One index kind, in this (child) process: build, write, mmap-read, search per setting."""
     import faiss
 
-    from mmembed.inference.faiss_index import (
-        build_index,
-        read_index,
-        search,
-        set_search_params,
-        sidecar_path,
-        write_index,
-    )
+    from mmembed.inference.faiss_files import read_index, sidecar_path, write_index
+    from mmembed.inference.faiss_index import build_index, search, set_search_params
 
     volunteer_for_oom_killer()
     faiss.omp_set_num_threads(args.threads)

@@ -12,15 +12,8 @@ import numpy as np
 import pytest
 
 from mmembed.errors import ConfigError
-from mmembed.inference.faiss_index import (
-    build_index,
-    default_nlist,
-    read_index,
-    search,
-    set_search_params,
-    sidecar_path,
-    write_index,
-)
+from mmembed.inference.faiss_files import read_index, sidecar_path, write_index
+from mmembed.inference.faiss_index import build_index, default_nlist, search, set_search_params
 from tests.conftest import REPO
 
 N, D, CLUSTERS, K = 3000, 32, 30, 10

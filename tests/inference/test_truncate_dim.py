@@ -104,12 +104,14 @@ def test_eval_at_truncate_dim_gives_the_spearman_of_truncated_vectors(tiny_dir, 
 
 def test_faiss_index_at_128_of_576_dims_is_4_5_times_smaller(tmp_path):
     faiss_index = pytest.importorskip("mmembed.inference.faiss_index")
+    from mmembed.inference.faiss_files import read_index, write_index
+
     full = torch.nn.functional.normalize(torch.randn(2000, 576, generator=torch.Generator().manual_seed(0)), dim=1)
     sizes = {}
     for d in (576, 128):
         index = faiss_index.build_index(truncate(full, d).numpy(), "flat")
-        path = faiss_index.write_index(index, tmp_path / f"{d}.faiss")
-        assert faiss_index.read_index(path, expected_d=d).d == d
+        path = write_index(index, tmp_path / f"{d}.faiss")
+        assert read_index(path, expected_d=d).d == d
         sizes[d] = path.stat().st_size
     # a flat file is a fixed header + n*d float32: the vector payloads differ by exactly 576/128 = 4.5
     header = sizes[576] - 2000 * 576 * 4

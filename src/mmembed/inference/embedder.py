@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from mmembed.inference.inputs import batches, length_order, load_image, pick_modality, prefetched
+from mmembed.inference.chunked_forward import channels_last_vision, forward_in_chunks
+from mmembed.inference.inputs import batches, featurizer_of, length_order, pick_modality, prefetched, text_lengths
 from mmembed.inference.prefix import PrefixCache, build_prefix_cache
 from mmembed.inference.truncation import check_truncate_dim, truncate
-from mmembed.models.backbones import DEFAULT_MODEL, unwrap, vision_modules
+from mmembed.models.backbones import DEFAULT_MODEL, unwrap
 from mmembed.models.embedder import MLLMEmbedder
 from mmembed.models.factory import ModelSpec, build_embedder
 from mmembed.models.prompts import PromptConfig
@@ -58,7 +58,7 @@ class Embedder:
         self.prefetch = prefetch
         self.image_chunk = image_chunk
         if channels_last:
-            _channels_last_vision(self.backbone.model)
+            channels_last_vision(self.backbone.model)
         self.prefix: PrefixCache | None = build_prefix_cache(embedder, prefix_cache)
 
     @classmethod
@@ -169,13 +169,13 @@ class Embedder:
             positions = [slot[text] for text in items]
         out = torch.zeros(len(unique), self.model_dim)
         if unique:
-            plan = batches(length_order(self._lengths(modality, unique)), batch_size)
+            plan = batches(length_order(text_lengths(self.backbone.tokenizer, modality, unique)), batch_size)
             show = len(unique) >= AUTO_PROGRESS_ITEMS if progress is None else progress
-            featurize = self._featurizer(modality, unique, kind, category)
+            featurize = featurizer_of(self.embedder, modality, unique, kind, category)
             unit = {"texts": "text", "images": "image", "composed": "pair"}[modality]
             with torch.inference_mode(), tqdm(total=len(unique), unit=unit, disable=not show) as bar:
                 for idx, inputs in prefetched(featurize, plan, self.prefetch):
-                    out[idx] = self._forward(inputs).to("cpu", torch.float32)
+                    out[idx] = forward_in_chunks(self.embedder, self.prefix, inputs, self.image_chunk).to("cpu", torch.float32)
                     bar.update(len(idx))
         if positions is not None:
             out = out[torch.tensor(positions, dtype=torch.long)] if positions else out
@@ -202,52 +202,6 @@ class Embedder:
         pairs = list(zip(images, texts, strict=True))
         return self.encode(composed=pairs, kind=kind, category=category, batch_size=max(len(pairs), 1), progress=False)
 
-    def _lengths(self, modality: str, items: list) -> list[int]:
-        """Token counts of the text part (0 for plain images, whose prompts all have one length)."""
-        if modality == "images":
-            return [0] * len(items)
-        strings = items if modality == "texts" else [pair[1] for pair in items]
-        return [len(ids) for ids in self.backbone.tokenizer(strings, add_special_tokens=False)["input_ids"]]
-
-    def _featurizer(self, modality: str, items: list, kind: str, category: str | None):
-        embedder = self.embedder
-        if modality == "texts":
-            if kind != "text":
-                raise ValueError(f"texts are embedded with the 'text' prompt, not {kind!r}")
-            return lambda idx: embedder.featurize_text([items[i] for i in idx])
-        if modality == "images":
-            return lambda idx: embedder.featurize_images(
-                [load_image(items[i]) for i in idx], kind=kind, category=category
-            )
-        return lambda idx: embedder.featurize_images(
-            [load_image(items[i][0]) for i in idx], [items[i][1] for i in idx], kind=kind, category=category
-        )
-
-    def _forward(self, inputs: dict) -> torch.Tensor:
-        """One featurised batch -> embeddings. Batches with images go through the model `image_chunk`
-        rows at a time: the vision tower's activations, not the decoder's, bound memory there."""
-        # MM-GEM's dual-tower images come as pixel_values alone (no tokens)
-        rows = (inputs["input_ids"] if "input_ids" in inputs else inputs["pixel_values"]).shape[0]
-        chunk = self.image_chunk if "pixel_values" in inputs and self._row_aligned(inputs, rows) else rows
-        if chunk >= rows:
-            return self._forward_rows(inputs)
-        return torch.cat(
-            [self._forward_rows({k: v[s : s + chunk] for k, v in inputs.items()}) for s in range(0, rows, chunk)]
-        )
-
-    def _row_aligned(self, inputs: dict, rows: int) -> bool:
-        """Every input is a tensor with one entry per row (not Qwen2-VL's flattened patches)."""
-        return self.backbone.family != "qwen2_vl" and all(
-            isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == rows for v in inputs.values()
-        )
-
-    def _forward_rows(self, inputs: dict) -> torch.Tensor:
-        if self.prefix is not None:
-            rest = self.prefix.split(inputs)
-            if rest is not None:
-                return self.prefix.forward(rest)
-        return self.embedder(**inputs)
-
     def __repr__(self) -> str:
         return (
             f"Embedder({self.backbone.name_or_path!r}, family={self.backbone.family}, dim={self.dim}"
@@ -260,11 +214,3 @@ def as_prompt_config(prompts: PromptConfig | Mapping | None) -> PromptConfig | N
     if prompts is None or isinstance(prompts, PromptConfig):
         return prompts
     return PromptConfig.from_mapping(prompts)
-
-
-def _channels_last_vision(model: nn.Module) -> None:
-    """Conv vision towers (EfficientNet) go channels-last on CPU, the layout oneDNN's convolutions prefer;
-    same results."""
-    for module in vision_modules(model).values():
-        if any(isinstance(m, nn.Conv2d) for m in module.modules()):
-            module.to(memory_format=torch.channels_last)

@@ -48,7 +48,8 @@ def export_merged(
     README.md (from the training run around the adapter, if any); `matryoshka_dims` in mmembed_export.json
     records the nested sizes of a run trained with objective=matryoshka.
     """
-    from mmembed.inference.model_card import matryoshka_dims, run_config, run_folder, write_model_card
+    from mmembed.inference.model_card import write_model_card
+    from mmembed.inference.run_records import matryoshka_dims, run_config, run_folder
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:

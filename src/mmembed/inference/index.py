@@ -6,7 +6,7 @@ An index folder holds:
 - `index.json`: how the vectors were made (model, adapter, prompt config and rendered prompts, kind,
   dim, count, and truncate_dim for Matryoshka-truncated vectors), so a query is embedded the same way;
 - optionally `faiss.index` (+ `faiss.index.json`): a FAISS flat / IVF / HNSW index over the same rows
-  (`mmembed.inference.faiss_index`), recorded in index.json as "faiss"; search uses it, memory-mapped.
+  (`mmembed.inference.faiss_index`, files: `faiss_files`), recorded in index.json as "faiss"; search uses it, memory-mapped.
 src/embed.py writes these files from its shards (see mmembed.inference.shards).
 """
 
@@ -55,10 +55,10 @@ class Index:
         return search(self.vectors, queries, k, backend)
 
     def _prebuilt_search(self, queries, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from mmembed.inference import faiss_index
+        from mmembed.inference import faiss_files, faiss_index
 
         if self._faiss is None:
-            self._faiss = faiss_index.read_index(self.folder / self.info["faiss"]["file"], mmap=True,
+            self._faiss = faiss_files.read_index(self.folder / self.info["faiss"]["file"], mmap=True,
                                                  expected_n=len(self), expected_d=self.vectors.shape[1])
         queries = torch.as_tensor(queries, dtype=torch.float32)
         check_query_dim(queries.shape[-1], self.vectors.shape[-1], self.info)
@@ -93,10 +93,10 @@ def write_index(out_dir: str | Path, vectors, metadata: Sequence[dict], info: di
     for stale in (prebuilt, Path(f"{prebuilt}.json")):  # it described earlier vectors
         stale.unlink(missing_ok=True)
     if faiss_kind and len(vectors):
-        from mmembed.inference import faiss_index
+        from mmembed.inference import faiss_files, faiss_index
 
         built = faiss_index.build_index(vectors.numpy(), faiss_kind, **(faiss_options or {}))
-        faiss_index.write_index(built, prebuilt)
+        faiss_files.write_index(built, prebuilt)
         info["faiss"] = {"file": FAISS_FILE, **faiss_index.describe_index(built)}
     (out / INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     return out

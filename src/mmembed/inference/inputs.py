@@ -52,6 +52,27 @@ def load_image(item) -> Image.Image:
     return _load(item, on_error="raise")
 
 
+def text_lengths(tokenizer, modality: str, items: list) -> list[int]:
+    """Token counts of the text part (0 for plain images, whose prompts all have one length)."""
+    if modality == "images":
+        return [0] * len(items)
+    strings = items if modality == "texts" else [pair[1] for pair in items]
+    return [len(ids) for ids in tokenizer(strings, add_special_tokens=False)["input_ids"]]
+
+
+def featurizer_of(embedder, modality: str, items: list, kind: str, category: str | None) -> Callable[[list[int]], dict]:
+    """indices -> the model inputs of those items (run in the prefetch thread: images decode there)."""
+    if modality == "texts":
+        if kind != "text":
+            raise ValueError(f"texts are embedded with the 'text' prompt, not {kind!r}")
+        return lambda idx: embedder.featurize_text([items[i] for i in idx])
+    if modality == "images":
+        return lambda idx: embedder.featurize_images([load_image(items[i]) for i in idx], kind=kind, category=category)
+    return lambda idx: embedder.featurize_images(
+        [load_image(items[i][0]) for i in idx], [items[i][1] for i in idx], kind=kind, category=category
+    )
+
+
 def length_order(lengths: Sequence[int]) -> list[int]:
     """Indices sorted by length, longest first (stable): batches of similar lengths, the largest first."""
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])

@@ -3,7 +3,7 @@ library_name, model-index from the run's eval/results.json), then what the weigh
 
 Everything comes from files: the export's provenance (mmembed_export.json), the adapter folder (its
 base_adapter/ chain and mmembed_model.json), and the training run around it (<run>/adapters/last -> <run>:
-.hydra/config.yaml, train_summary.json, eval/results.json). Numbers are written as results.json holds them
+.hydra/config.yaml, train_summary.json, eval/results.json; read by run_records.py). Numbers are written as results.json holds them
 (json.dumps of the value), so the card and the run agree digit for digit.
 """
 
@@ -14,64 +14,11 @@ from pathlib import Path
 
 import yaml
 
-from mmembed.models.lora import BASE_ADAPTER_DIR
+from mmembed.inference.run_records import adapter_chain, matryoshka_dims, model_index, read_json, run_config, run_folder
 from mmembed.models.prompts import PROMPTS_FILE
 
 CARD_FILE = "README.md"
 TAGS = ["sentence-transformers", "feature-extraction", "mmembed", "sentence-similarity"]
-
-
-# ---- reading the run ----
-def run_folder(adapter: str | Path | None) -> Path | None:
-    """The training run an adapter came from: <run>/adapters/<name> -> <run> (when it looks like a run)."""
-    if adapter is None:
-        return None
-    adapter = Path(adapter).resolve()
-    run = adapter.parent.parent
-    if adapter.parent.name == "adapters" and any(
-        (run / name).exists() for name in (".hydra/config.yaml", "train_summary.json", "eval/results.json")
-    ):
-        return run
-    return None
-
-
-def _json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def run_config(run: Path | None) -> dict | None:
-    path = run / ".hydra" / "config.yaml" if run else None
-    return yaml.safe_load(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else None
-
-
-def matryoshka_dims(config: dict | None) -> list[int] | None:
-    """The nested sizes a run trained with objective=matryoshka (mmembed.objectives.matryoshka.Matryoshka)."""
-    objective = (config or {}).get("objective") or {}
-    if str(objective.get("_target_", "")).endswith("Matryoshka") and objective.get("dims"):
-        return [int(d) for d in objective["dims"]]
-    return None
-
-
-def adapter_chain(adapter: str | Path | None) -> list[dict]:
-    """The adapter and the base adapters merged under it (each saved in the previous one's base_adapter/),
-    outermost first: [{"path", "base"}...]."""
-    chain, folder = [], Path(adapter) if adapter is not None else None
-    while folder is not None and folder.is_dir():
-        record = _json(folder / "mmembed_model.json") or {}
-        chain.append({"path": str(folder.resolve()), "base": record.get("base")})
-        folder = folder / BASE_ADAPTER_DIR if (folder / BASE_ADAPTER_DIR).is_dir() else None
-    return chain
-
-
-def model_index(results: dict | None, name: str) -> list[dict]:
-    """Hub model-index entries: one result per benchmark, its metrics as results.json holds them."""
-    entries = []
-    for bench, entry in ((results or {}).get("benchmarks") or {}).items():
-        task = (entry.get("protocol") or {}).get("task") or "feature-extraction"
-        metrics = [{"type": key, "name": key, "value": value} for key, value in (entry.get("metrics") or {}).items()
-                   if isinstance(value, (int, float)) and not isinstance(value, bool)]
-        entries.append({"task": {"type": str(task)}, "dataset": {"name": bench, "type": bench}, "metrics": metrics})
-    return [{"name": name, "results": entries}] if entries else []
 
 
 # ---- writing ----
@@ -84,11 +31,11 @@ def write_model_card(folder: str | Path, adapter: str | Path | None = None, repo
 
 
 def card_text(folder: Path, adapter: str | Path | None = None, repo_id: str | None = None) -> str:
-    provenance = _json(folder / "mmembed_export.json") or {}
+    provenance = read_json(folder / "mmembed_export.json") or {}
     run = run_folder(adapter)
     config = run_config(run)
-    summary = _json(run / "train_summary.json") if run else None
-    results = _json(run / "eval" / "results.json") if run else None
+    summary = read_json(run / "train_summary.json") if run else None
+    results = read_json(run / "eval" / "results.json") if run else None
     name = repo_id or folder.name
     st_format = provenance.get("format") == "sentence_transformers"
     front = {
@@ -169,7 +116,7 @@ def _data_section(config: dict | None, summary: dict | None) -> str:
 
 
 def _prompts_section(folder: Path) -> str:
-    prompts = _json(folder / PROMPTS_FILE)
+    prompts = read_json(folder / PROMPTS_FILE)
     if prompts is None:
         return ""
     rows = [f"| {kind} | `{json.dumps(prompts[kind])[1:-1]}` |" for kind in
@@ -230,7 +177,7 @@ def _usage_section(folder: Path, provenance: dict, st_format: bool, repo_id: str
 def _limitations_section(provenance: dict) -> str:
     lines = ["## Limitations\n", "- English prompts and training data; numbers above are from small local "
              "evaluation sets, with the protocols listed, not leaderboard submissions."]
-    base_config = _json(Path(provenance["base_path"]) / "config.json") if provenance.get("base_path") else None
+    base_config = read_json(Path(provenance["base_path"]) / "config.json") if provenance.get("base_path") else None
     projector = (base_config or {}).get("projector_type")
     if projector in ("label_words", "grounded"):  # mmembed.models.smol_llava.projectors
         lines.append(f"- The base model's image projector ({projector}) reads each image through the ImageNet "
