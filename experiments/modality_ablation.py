@@ -1,8 +1,13 @@
-"""Text-only vs image-text: one markdown table and one PNG from a modality-ablation sweep folder.
+"""Arms x seeds: one markdown table and one PNG from a sweep folder (text-only vs image-text, or any other arm).
 
     python src/train.py -m ablation=modality_ablation                # writes logs/modality_ablation/multiruns/<time>/
     python experiments/modality_ablation.py logs/modality_ablation/multiruns/<time> \
         [--base logs/eval/runs/<aligned base eval>/results.json] [--out experiments/results/modality_ablation]
+    python src/train.py -m ablation=text_source                      # NLI vs caption pairs (data=...)
+    python experiments/modality_ablation.py logs/text_source/multiruns/<time> --arm-key data \
+        --out experiments/results/text_source
+
+`--arm-key` names the override that tells the arms apart (default `experiment`); arms appear in sweep order.
 
 Each job folder holds `.hydra/overrides.yaml` (which arm, which seed) and `train_summary.json` (cost
 measurements, and the evaluation numbers of `evaluation=local_heldout`). The table gives, per
@@ -20,7 +25,7 @@ import json
 import statistics
 from pathlib import Path
 
-ARMS = ("text_only", "image_text")
+ARMS = ("text_only", "image_text")  # the modality ablation's arms (its default order)
 # (metric key in the evaluation metrics, label)
 BENCHMARKS = [
     ("eval/sts12/spearman", "STS12"),
@@ -32,6 +37,14 @@ BENCHMARKS = [
     ("eval/flickr8k_1k_test/i2t_R@1", "F8k-test i2t R@1"),
     ("eval/flickr8k_1k_test/i2t_R@5", "F8k-test i2t R@5"),
     ("eval/flickr8k_1k_test/i2t_R@10", "F8k-test i2t R@10"),
+    ("eval/flickr30k_test_local/t2i_R@1", "F30k-test-local t2i R@1"),
+    ("eval/flickr30k_test_local/t2i_R@10", "F30k-test-local t2i R@10"),
+    ("eval/flickr30k_test_local/i2t_R@1", "F30k-test-local i2t R@1"),
+    ("eval/flickr30k_test_local/i2t_R@10", "F30k-test-local i2t R@10"),
+    ("eval/coco80_local/t2i_R@1", "COCO-80 t2i R@1"),
+    ("eval/coco80_local/t2i_R@10", "COCO-80 t2i R@10"),
+    ("eval/coco80_local/i2t_R@1", "COCO-80 i2t R@1"),
+    ("eval/coco80_local/i2t_R@10", "COCO-80 i2t R@10"),
     ("eval/cirr_local/R@1", "CIRR-12 R@1"),
     ("eval/cirr_local/Rsubset@1", "CIRR-12 Rs@1"),
     ("eval/imagenet1k/acc@1", "IN-1k acc@1"),
@@ -59,8 +72,8 @@ def read_overrides(job: Path) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in pairs)
 
 
-def read_jobs(sweep: Path) -> list[dict]:
-    """One record per finished job: arm, seed, metrics (evaluation + STS average) and cost."""
+def read_jobs(sweep: Path, arm_key: str = "experiment") -> list[dict]:
+    """One record per finished job: arm (its `arm_key` override), seed, metrics (evaluation + STS average), cost."""
     jobs = []
     for summary_file in sorted(sweep.glob("*/train_summary.json")):
         job = summary_file.parent
@@ -73,11 +86,20 @@ def read_jobs(sweep: Path) -> list[dict]:
         cost["train_wall_s"] = summary.get("train_wall_s", summary.get("wall_time_s"))
         if "peak_rss_during_training_mb" in cost and "rss_at_train_start_mb" in cost:
             cost["train_rss_added_mb"] = cost["peak_rss_during_training_mb"] - cost["rss_at_train_start_mb"]
-        jobs.append({"job": job.name, "arm": overrides.get("experiment"), "seed": overrides.get("seed"),
+        jobs.append({"job": job.name, "arm": overrides.get(arm_key), "seed": overrides.get("seed"),
                      "metrics": metrics, "cost": cost})
     if not jobs:
         raise SystemExit(f"no finished job (*/train_summary.json) under {sweep}")
+    if any(j["arm"] is None for j in jobs):
+        raise SystemExit(f"a job of {sweep} has no `{arm_key}=` override: pass the sweep's arm key with --arm-key")
+    jobs.sort(key=lambda j: int(j["job"]) if j["job"].isdigit() else j["job"])  # sweep order, 10 after 9
     return jobs
+
+
+def arms_of(jobs: list[dict]) -> list[str]:
+    """The arms in sweep order (the modality ablation's text_only, image_text first)."""
+    found = list(dict.fromkeys(j["arm"] for j in jobs))
+    return [a for a in ARMS if a in found] + [a for a in found if a not in ARMS]
 
 
 def _values(jobs: list[dict], arm: str, key: str, section: str = "metrics") -> list[float]:
@@ -101,12 +123,12 @@ def _measured_rows(jobs: list[dict], base: dict | None) -> list[tuple[str, str]]
 
 
 def build_table(jobs: list[dict], base: dict | None = None) -> str:
-    arms = [a for a in ARMS if any(j["arm"] == a for j in jobs)]
+    arms = arms_of(jobs)
     seeds = {a: [j["seed"] for j in jobs if j["arm"] == a] for a in arms}
-    header = ["benchmark"] + (["aligned base (no training)"] if base else []) + [
+    header = ["benchmark"] + (["base (no training)"] if base else []) + [
         f"{a} (mean ± sd, seeds {', '.join(seeds[a])})" for a in arms] + [f"{a} per seed" for a in arms]
-    if set(arms) == set(ARMS):
-        header.append("text_only - image_text")
+    if len(arms) == 2:
+        header.append(f"{arms[0]} - {arms[1]}")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, name in _measured_rows(jobs, base):
         cells = [name]
@@ -114,16 +136,16 @@ def build_table(jobs: list[dict], base: dict | None = None) -> str:
             cells.append(f"{base[key]:.2f}" if base.get(key) is not None else "-")
         cells += [_mean_sd(_values(jobs, a, key)) for a in arms]
         cells += [", ".join(f"{v:.2f}" for v in _values(jobs, a, key)) or "-" for a in arms]
-        if set(arms) == set(ARMS):
-            t, i = _values(jobs, "text_only", key), _values(jobs, "image_text", key)
+        if len(arms) == 2:
+            t, i = _values(jobs, arms[0], key), _values(jobs, arms[1], key)
             cells.append(f"{statistics.fmean(t) - statistics.fmean(i):+.2f}" if t and i else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def build_cost_table(jobs: list[dict]) -> str:
-    arms = [a for a in ARMS if any(j["arm"] == a for j in jobs)]
-    header = ["cost (mean over seeds)"] + list(arms) + (["ratio text_only / image_text"] if set(arms) == set(ARMS) else [])
+    arms = arms_of(jobs)
+    header = ["cost (mean over seeds)"] + list(arms) + ([f"ratio {arms[0]} / {arms[1]}"] if len(arms) == 2 else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, name, fmt in COST:
         per_arm = {a: _values(jobs, a, key, "cost") for a in arms}
@@ -137,7 +159,7 @@ def build_cost_table(jobs: list[dict]) -> str:
             else:
                 cells.append(fmt.format(statistics.fmean(vals)))
         if len(header) > len(arms) + 1:
-            t, i = per_arm.get("text_only"), per_arm.get("image_text")
+            t, i = per_arm.get(arms[0]), per_arm.get(arms[1])
             numeric = t and i and not isinstance(t[0], bool)
             cells.append(f"{statistics.fmean(t) / statistics.fmean(i):.3f}" if numeric else "")
         lines.append("| " + " | ".join(cells) + " |")
@@ -147,17 +169,17 @@ def build_cost_table(jobs: list[dict]) -> str:
     return "\n".join(lines) + "\n" + note
 
 
-def plot(jobs: list[dict], path: Path, base: dict | None = None) -> None:
+def plot(jobs: list[dict], path: Path, base: dict | None = None, title: str = "Modality ablation") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = [a for a in ARMS if any(j["arm"] == a for j in jobs)]
+    arms = arms_of(jobs)
     rows = _measured_rows(jobs, base)
     cols = 4
     fig, axes = plt.subplots((len(rows) + cols - 1) // cols, cols, figsize=(4 * cols, 3.2 * ((len(rows) + cols - 1) // cols)))
-    colors = {"text_only": "tab:blue", "image_text": "tab:orange"}
+    colors = dict(zip(arms, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")))
     for ax, (key, name) in zip(axes.flat, rows):
         for x, arm in enumerate(arms):
             vals = _values(jobs, arm, key)
@@ -168,14 +190,14 @@ def plot(jobs: list[dict], path: Path, base: dict | None = None) -> None:
             ax.errorbar(x, mean, yerr=[[mean - min(vals)], [max(vals) - mean]], color="k", capsize=4)
             ax.scatter([x] * len(vals), vals, color="k", s=10, zorder=3)
         if base and base.get(key) is not None:
-            ax.axhline(base[key], color="0.4", ls="--", lw=1, label="aligned base")
+            ax.axhline(base[key], color="0.4", ls="--", lw=1, label="base")
         ax.set_xticks(range(len(arms)), arms, fontsize=8)
         ax.set_title(name, fontsize=9)
     for ax in list(axes.flat)[len(rows):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower right", fontsize=9)
-    fig.suptitle("Modality ablation: mean over seeds, min-max bars, one dot per seed", fontsize=11)
+    fig.suptitle(f"{title}: mean over seeds, min-max bars, one dot per seed", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -196,16 +218,19 @@ def base_metrics(results_file: Path) -> dict:
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path, help="the multirun folder (holding one folder per job)")
-    parser.add_argument("--base", type=Path, help="results.json of the untrained aligned base, as a reference")
+    parser.add_argument("--base", type=Path, help="results.json of the untrained base, as a reference")
+    parser.add_argument("--arm-key", default="experiment", help="the override that tells the arms apart (data, ...)")
+    parser.add_argument("--title", default=None, help="the plot's title (default: the sweep's arm key)")
     parser.add_argument("--out", type=Path, help="write <out>.md and <out>.png")
     args = parser.parse_args(argv)
-    jobs = read_jobs(args.sweep)
+    jobs = read_jobs(args.sweep, args.arm_key)
     base = base_metrics(args.base) if args.base else None
     text = (f"Sweep: `{args.sweep}` ({len(jobs)} jobs)\n\n" + build_table(jobs, base) + "\n" + build_cost_table(jobs))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".md").write_text(text)
-        plot(jobs, args.out.with_suffix(".png"), base)
+        title = args.title or ("Modality ablation" if args.arm_key == "experiment" else f"Arms by {args.arm_key}")
+        plot(jobs, args.out.with_suffix(".png"), base, title)
     print(text, end="")
     return text
 

@@ -42,9 +42,10 @@ def _load_script():
     return load_script("experiments/modality_ablation.py")
 
 
-def _fake_job(folder, arm, seed, stsb, r1, sec_per_step, vision, all_sts=True):
+def _fake_job(folder, arm, seed, stsb, r1, sec_per_step, vision, all_sts=True, arm_key="experiment"):
     (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "overrides.yaml").write_text(f"- experiment={arm}\n- seed={seed}\n")
+    (folder / ".hydra" / "overrides.yaml").write_text(f"- experiment=text_only\n- {arm_key}={arm}\n- seed={seed}\n"
+                                                      if arm_key != "experiment" else f"- experiment={arm}\n- seed={seed}\n")
     metrics = {"eval/stsb/spearman": stsb, "eval/flickr8k_1k_test/t2i_R@1": r1, "gap/centroid_distance_after": 0.5}
     if all_sts:
         metrics.update({"eval/sts12/spearman": 50.0, "eval/sickr/spearman": 60.0})
@@ -83,3 +84,24 @@ def test_ablation_table_leaves_out_what_the_suite_did_not_measure(tmp_path):
     assert names[:4] == ["benchmark", "STS-B test", "F8k-test t2i R@1", "modality gap (centroid distance)"]
     assert "text_only (mean ± sd, seeds 1, 2, 3)" in text.splitlines()[2]
     assert "71.00 ± 1.00" in text  # STS-B of 70, 71, 72
+
+
+def test_arms_told_apart_by_another_override_in_sweep_order(tmp_path):
+    """ablation=text_source sweeps data= under one experiment: --arm-key data makes the arms, in sweep order
+    (job 10 after job 9), with the first-minus-second column and a refusal when the key is not overridden."""
+    import pytest
+
+    sweep = tmp_path / "sweep"
+    jobs = [("nli", 1, 70.0, 2.0), ("nli", 2, 72.0, 4.0)] + [("flickr30k_caption_pairs", s, 66.0, 9.0) for s in (1, 2)]
+    jobs += [("nli", 3, 71.0, 3.0)] * 6 + [("flickr30k_caption_pairs", 3, 68.0, 12.0)]  # jobs 4..10
+    for i, (arm, seed, stsb, r1) in enumerate(jobs):
+        _fake_job(sweep / str(i), arm, seed, stsb, r1, 8.0, False, all_sts=False, arm_key="data")
+    text = _load_script().main([str(sweep), "--arm-key", "data"])
+    header = text.splitlines()[2]
+    assert header.startswith("| benchmark | nli (mean ± sd, seeds 1, 2, 3, 3, 3, 3, 3, 3) | flickr30k_caption_pairs")
+    assert header.endswith("| nli - flickr30k_caption_pairs |")
+    r1 = next(line for line in text.splitlines() if line.startswith("| F8k-test t2i R@1 |"))
+    # nli: 2, 4 then six 3s -> mean 3.00; caption pairs: 9, 9, 12 -> mean 10.00; difference -7.00
+    assert "3.00 ± " in r1 and "10.00 ± 1.73" in r1 and r1.endswith("| -7.00 |")
+    with pytest.raises(SystemExit, match="--arm-key"):
+        _load_script().main([str(sweep), "--arm-key", "objective"])
