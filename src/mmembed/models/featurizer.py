@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mmembed.errors import ConfigError
 from mmembed.models.prompts import PromptConfig, PromptRenderer, truncate_to_tokens
 
 IGNORE_INDEX = -100  # label of positions the captioning loss does not predict
@@ -108,7 +109,11 @@ class Featurizer:
         """The rendered user turn of a captioning instruction, shared by training inputs and generation."""
         self._check_images()
         if "<image>" not in instruction:
-            raise ValueError(f"the captioning instruction must contain <image>, got {instruction!r}")
+            # the one check every caller passes (training, src/caption.py, caption benchmarks); each reads its own
+            # setting, all of them defaulting to model.caption_instruction
+            raise ConfigError("the captioning instruction must contain <image> (set objective.instruction, "
+                              "generation.instruction, the benchmark's instruction or model.caption_instruction), "
+                              f"got {instruction!r}")
         return self.renderer.user_turn(instruction, what="captioning prompts")
 
     def _check_images(self) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch.nn.functional as F
 
-from mmembed.errors import DataConfigError
+from mmembed.errors import ConfigError, DataConfigError
 from mmembed.losses.gather import global_sum, rank_and_world
 from mmembed.models.featurizer import DEFAULT_CAPTION_INSTRUCTION, IGNORE_INDEX
 from mmembed.objectives.base import Objective, ObjectiveOutput, StepContext
@@ -24,7 +24,7 @@ class Captioning(Objective):
 
     def __init__(self, instruction: str = DEFAULT_CAPTION_INSTRUCTION):
         if "<image>" not in instruction:
-            raise ValueError(f"objective.instruction must contain <image>, got {instruction!r}")
+            raise ConfigError(f"objective.instruction must contain <image> (where the image goes), got {instruction!r}")
         self.instruction = instruction
 
     def features(self, featurizer, rows: Sequence[dict]) -> dict:

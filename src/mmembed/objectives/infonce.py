@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mmembed.errors import ConfigError
 from mmembed.losses.infonce import distributed_info_nce
 from mmembed.objectives.base import EmbeddingObjective, ObjectiveOutput, StepContext
 
@@ -25,8 +26,8 @@ class TextPairInfoNCE(EmbeddingObjective):
     row_kind = "text_pairs"
 
     def __init__(self, temperature: float = 0.05, use_hard_negatives: bool = True):
-        if temperature <= 0:
-            raise ValueError(f"objective.temperature must be > 0, got {temperature}")
+        if not float(temperature) > 0:  # `not >` also refuses NaN, as ImageTextInfoNCE does
+            raise ConfigError(f"objective.temperature must be > 0, got {temperature}")
         self.temperature, self.use_hard_negatives = float(temperature), bool(use_hard_negatives)
 
     def features(self, featurizer, rows: Sequence[dict]) -> dict:

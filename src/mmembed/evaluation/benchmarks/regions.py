@@ -18,6 +18,7 @@ import torch
 
 from mmembed.data.evalsets.regions import RegionBenchmark, read_region_config
 from mmembed.data.images import load_image
+from mmembed.errors import ConfigError
 from mmembed.evaluation.benchmarks.retrieval import CaptionImages
 from mmembed.evaluation.common import floats
 from mmembed.evaluation.encode import encode_texts
@@ -90,13 +91,12 @@ class RegionGroundingBenchmark(CaptionImages):
     needs = frozenset({"text", "image"})
 
     def check(self) -> RegionBenchmark:
+        self.region_vectors_how()  # a setting mistake is reported before any file is read or model loaded
         return read_region_config({**self.caption_settings(), "entities": self.entities, "min_side": self.min_side})
 
     def run(self, embedder, batch_size: int = 16, progress: bool = True) -> dict:
         bench = self.check()
-        how = self.region_embedding or "auto"
-        if how not in EMBEDDINGS:
-            raise ValueError(f"region_embedding={how!r}: expected one of {EMBEDDINGS}")
+        how = self.region_vectors_how()
         if how == "auto":
             how = "roi" if "regions" in capabilities(embedder) else "crop"
         queries = bench.queries()
@@ -117,6 +117,14 @@ class RegionGroundingBenchmark(CaptionImages):
             metrics.update(self._region_captions(embedder, bench, int(self.caption_regions), batch_size, progress,
                                                  protocol))
         return {"metrics": floats(metrics), "protocol": protocol}
+
+    def region_vectors_how(self) -> str:
+        """`region_embedding` checked: one of EMBEDDINGS (unset means auto)."""
+        how = self.region_embedding or "auto"
+        if how not in EMBEDDINGS:
+            raise ConfigError(f"benchmark {self.name!r}: region_embedding={how!r} is not one of {EMBEDDINGS} "
+                              "(auto: roi when the model has RoI pooling, else crop)")
+        return how
 
     def _region_captions(self, embedder, bench, limit: int, batch_size: int, progress: bool, protocol: dict) -> dict:
         """Captions of the first box of the first `limit` queries' chains, scored against all that chain's phrases."""
