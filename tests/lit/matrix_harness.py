@@ -44,7 +44,8 @@ MMEB_ROWS = [  # Flickr8k training images and captions (mini-MMEB's own train ro
 
 TRAIN_IMAGES = ["2501968935_02f2cd8079.jpg", "2903617548_d3e38d7f88.jpg", "2644326817_8f45080b87.jpg",
                 "218342358_1755a9cce1.jpg"]  # Flickr8k training images, each with Flickr30k Entities boxes
-IMAGE_RECIPES = {"image_text", "align", "mmgem", "mmgem_embedding_only", "mmgem_captioning_only", "mmgem_regions"}
+IMAGE_RECIPES = {"image_text", "align", "mmgem", "mmgem_embedding_only", "mmgem_captioning_only", "mmgem_regions",
+                 "mmgem_regions_embedding_only", "mmgem_regions_captioning_only"}
 
 
 def image_sources(out: Path, regions: bool) -> list[dict]:
@@ -92,6 +93,8 @@ RECIPES: dict[str, list[str]] = {
     "mmgem_embedding_only": ["experiment=mmgem", "arm=embedding_only", "lora.r=4"],
     "mmgem_captioning_only": ["experiment=mmgem", "arm=captioning_only", "lora.r=4"],
     "mmgem_regions": ["experiment=mmgem_regions", "lora.r=4"],
+    "mmgem_regions_embedding_only": ["experiment=mmgem_regions", "arm=embedding_only", "lora.r=4"],
+    "mmgem_regions_captioning_only": ["experiment=mmgem_regions", "arm=captioning_only", "lora.r=4"],
 }
 
 
@@ -143,7 +146,7 @@ def main() -> None:
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = compose("train", overrides=overrides(recipe, args.model_dir, args.out_dir, args.mode))
         if recipe in IMAGE_RECIPES:
-            cfg.data.sources = image_sources(args.out_dir / recipe, regions=recipe == "mmgem_regions")
+            cfg.data.sources = image_sources(args.out_dir / recipe, regions=recipe.startswith("mmgem_regions"))
         losses = args.out_dir / f"{args.mode}_{recipe}.losses.json"
         # this file is importable as `matrix_harness` by both ranks (its folder is sys.path[0])
         with open_dict(cfg):

@@ -82,7 +82,8 @@ def test_an_arm_zeroes_one_weight_and_names_the_run_folder(experiment, tmp_path)
 # sweep the experiment themselves).
 ABLATION_GRIDS = {"modality_ablation": [], "mmgem_conflict": [], "mmgem_region_conflict": [],
                   "temperature": ["experiment=text_only"], "unime_beta_k": ["experiment=unime_stage2"],
-                  "unime_objective": ["experiment=unime_stage1"], "unime_tau": ["experiment=unime_stage1"]}
+                  "unime_objective": ["experiment=unime_stage1"], "unime_tau": ["experiment=unime_stage1"],
+                  "text_source": []}
 
 
 def test_every_ablation_grid_is_listed():
@@ -100,6 +101,18 @@ def test_ablation_grid_is_a_multirun_whose_first_job_composes(grid, tmp_path):
     for key, value in first.items():
         chosen = job.hydra.runtime.choices.get(key, OmegaConf.select(job, key))
         assert str(chosen) == value, key
+
+
+def test_text_source_grid_compares_nli_and_caption_pairs_with_the_evaluation_captions_held_out(tmp_path):
+    cfg = compose_train_with_hydra(["ablation=text_source"])
+    assert dict(cfg.hydra.sweeper.params) == {"experiment": "text_only", "data": "nli,flickr30k_caption_pairs",
+                                              "seed": "1,2,3"}
+    for data in ("nli", "flickr30k_caption_pairs"):
+        job = compose_train_with_hydra(["ablation=text_source", "experiment=text_only", f"data={data}"])
+        # every image benchmark of the suite is a held-out source of training (SNLI's premises are Flickr30K captions)
+        assert set(job.evaluation.benchmarks) - {"stsb"} <= {"flickr8k_1k_test", "flickr30k_test_local", "coco80_local"}
+        assert {"flickr8k_test", "flickr30k_test_local", "coco80_local", "stsb_test"} <= set(job.heldout.sources)
+        assert job.model.text_only and list(job.val.sets) == ["stsb_dev"] and job.trainer.max_steps == 40
 
 
 def test_mmgem_conflict_grids_sweep_the_three_arms_in_table_order(tmp_path):
