@@ -11,7 +11,8 @@ Checks (each one timed; a failure is recorded and the next check still runs):
   torch.cuda.max_memory_allocated, and each dtype's min cosine to float32 on CPU;
 - e5v_reference_fp16: E5-V's reference recipe (perf/encode_throughput.py) vs `Embedder`, both
   float16 on the GPU: the min cosine between their vectors;
-- ddp_2gpu: two DDP processes, 3 steps (`trainer=ddp trainer.devices=2`), where 2 GPUs exist.
+- ddp_2gpu: two DDP processes, 3 steps (`trainer=ddp trainer.devices=2`), where 2 GPUs exist;
+- fsdp_adapter: the adapter saved under `trainer=fsdp` equals the plain one (perf/gpu_check_fsdp.py).
 
 Writes a JSON report (first argument, default gpu_check.json) and exits 1 if a check failed. On a
 machine without CUDA it prints "no CUDA device" and exits 0, having run nothing.
@@ -180,8 +181,17 @@ def check_ddp_2gpu(tmp: Path) -> dict:
             "final_train_loss": s["metrics"].get("train/loss"), **out["cuda_memory"], "ok": s["global_step"] == 3}
 
 
+def check_fsdp_adapter(tmp: Path) -> dict:
+    if str(REPO / "perf") not in sys.path:  # loaded by a test rather than run as perf/gpu_check.py
+        sys.path.insert(0, str(REPO / "perf"))
+    from gpu_check_fsdp import check_fsdp_adapter as check
+
+    return check(tmp, train)
+
+
 CHECKS = {"train_bf16": check_train_bf16, "qlora_4bit": check_qlora_4bit, "embedder": check_embedder,
-          "e5v_reference_fp16": check_e5v_reference_fp16, "ddp_2gpu": check_ddp_2gpu}
+          "e5v_reference_fp16": check_e5v_reference_fp16, "ddp_2gpu": check_ddp_2gpu,
+          "fsdp_adapter": check_fsdp_adapter}
 
 
 def main(argv: list[str] | None = None) -> int:

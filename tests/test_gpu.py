@@ -52,3 +52,10 @@ def test_ddp_two_gpus_trains(gpu_check, tmp_path, default_model_dir):
         pytest.skip("needs 2 CUDA devices")
     result = gpu_check.check_ddp_2gpu(tmp_path)
     assert result["steps"] == 3 and result["ok"]
+
+
+@pytest.mark.slow
+def test_fsdp_saves_the_adapter_plain_training_saves(gpu_check, tmp_path, default_model_dir):
+    result = gpu_check.check_fsdp_adapter(tmp_path)
+    assert result["ok"], result
+    assert result["tensors"] > 0 and result["max_abs_diff"] <= 1e-5
