@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import json
 
+# The rule of metrics/ranking.py (rank = candidates scoring strictly above the best positive) and of
+# metrics/mmeb.py (hit = gold >= every candidate), stated so a reader of the numbers need not read the code.
+TIES = ("- ties: a candidate scoring exactly as high as the query's best positive does not rank above it "
+        "(retrieval, CIR, zero-shot); MMEB counts a tie with the gold as a hit (its argmax takes the first "
+        "maximum, the gold at index 0)")
+
 
 def _code(text: str | None) -> str:
     if text is None:
@@ -31,6 +37,7 @@ def results_markdown(results: dict) -> str:
         f"- adapter: `{results.get('adapter')}`",
         f"- started: {results.get('started')}; wall time {results.get('wall_time_s', '?')} s; "
         f"batch size {results.get('batch_size')}",
+        TIES,
         "",
     ]
     for name, entry in results.get("benchmarks", {}).items():
