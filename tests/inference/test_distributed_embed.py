@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mmembed.errors import BadImageError
-from mmembed.inference import Embedder, shards
+from mmembed.inference import Embedder, shard_assembly, shards
 from mmembed.inference.cli import read_corpus
 from mmembed.inference.index import load_index
 from tests.conftest import REPO
@@ -219,10 +219,10 @@ def test_assemble_takes_each_current_input_once_in_corpus_order(tmp_path):
     first = shards.write_shard(tmp_path, 0, 0, torch.tensor([[1.0, 0], [0, 1.0]]), [*meta(2), stale], [], (0, 3), {})
     second = shards.write_shard(tmp_path, 1, 1, torch.tensor([[0.6, 0.8], [0.8, 0.6]]), meta(0, 2), [], (0, 3), {})
     with pytest.raises(RuntimeError, match=r"1 inputs \(positions \[1\]\.\.\.\) are in no shard"):
-        shards.assemble(tmp_path, rows, [first, second], dim=2)
+        shard_assembly.assemble(tmp_path, rows, [first, second], dim=2)
     skip = shards.write_shard(tmp_path, 0, 2, torch.zeros(0, 2), [], [{"input_id": 1, **rows[1], "reason": "x"}],
                               (1, 2), {})
-    got = shards.assemble(tmp_path, rows, [second, first, skip], dim=2)
+    got = shard_assembly.assemble(tmp_path, rows, [second, first, skip], dim=2)
     # input 2 is in two shards: taken once (from the lower k); the stale row is left out
     assert got.rows == [{"id": 0, **rows[0]}, {"id": 1, **rows[2]}]
     assert got.skipped == [{"input_id": 1, **rows[1], "reason": "x"}]

@@ -18,7 +18,8 @@ import mmembed.models.smol_llava as smol_llava
 PREFIX = "smol_llava_"
 # module under mmembed.models.smol_llava -> the flat file's stem (without PREFIX)
 SOURCES = {
-    "configuration": "configuration.py", "modeling": "modeling.py", "holes": "holes.py", "tower": "tower.py",
+    "configuration": "configuration.py", "modeling": "modeling.py", "image_path": "image_path.py",
+    "holes": "holes.py", "tower": "tower.py",
     "projectors": "projectors/__init__.py", "projectors.base": "projectors/base.py",
     "projectors.grounded": "projectors/grounded.py", "projectors.label_words": "projectors/label_words.py",
     "projectors.mlp": "projectors/mlp.py",

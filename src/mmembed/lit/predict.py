@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmembed.data.images import load_image
 from mmembed.errors import BadImageError, ConfigError, DataConfigError, check_on_error
-from mmembed.inference import shards
+from mmembed.inference import shard_assembly, shards
 from mmembed.inference.cli import Corpus
 from mmembed.inference.index import write_index
 from mmembed.inference.inputs import batches, length_order
@@ -198,16 +198,16 @@ def embed_corpus(embedder, corpus: Corpus, out_dir: str | Path, make_trainer: Ca
         return None
     ks = {shard.k for shard in todo}
     records = done + [r for r in shards.read_records(out).values() if r["k"] in ks]
-    assembled = shards.assemble(out, corpus.rows, records, embedder.dim)
+    assembled = shard_assembly.assemble(out, corpus.rows, records, embedder.dim)
     info = {**settings, "model_path": embedder.backbone.name_or_path, "source": corpus.source,
             "prompt": embedder.renderer.render(kind, "<sent>"), "prompts": embedder.rendered_prompts(),
             "normalized": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     counts = {"inputs": len(corpus.rows), "embedded": len(assembled.rows), "skipped": len(assembled.skipped),
               "new": new, "shards": len(records)}
     write_index(out, assembled.vectors, assembled.rows, info, faiss_kind, faiss_options)
-    shards.write_skipped(out, assembled.skipped)
-    shards.write_manifest(out, {**info, "dim": embedder.dim}, records, counts)
-    shards.remove_unlisted(out, records)
+    shard_assembly.write_skipped(out, assembled.skipped)
+    shard_assembly.write_manifest(out, {**info, "dim": embedder.dim}, records, counts)
+    shard_assembly.remove_unlisted(out, records)
     if assembled.skipped:
         log.warning("skipped %d unreadable input(s), listed in %s", len(assembled.skipped), out / shards.SKIPPED)
     return EmbedSummary(len(corpus.rows), len(assembled.rows), len(assembled.skipped), new, len(records),
