@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from alternating import medians, run_alternating  # perf/, this script's folder
+
 REPO = Path(__file__).resolve().parents[1]
 ARMS = {"dedup": ["objective.dedup_targets=true"], "per_row": ["objective.dedup_targets=false"]}
 FIXED = ("experiment=unime_stage2", "val=none", "validate_before_training=false", "trainer.val_check_interval=null",
@@ -54,12 +56,6 @@ def run_once(arm: str, steps: int, extra: list[str], workdir: Path) -> dict:
             "loss": _mean_logged(out, "train/loss"), "load_1min": round(load, 2)}
 
 
-def order(repeats: int) -> list[str]:
-    """dedup, per_row, per_row, dedup, ...: each arm as often first as second."""
-    pairs = [("dedup", "per_row") if i % 2 == 0 else ("per_row", "dedup") for i in range(repeats)]
-    return [arm for pair in pairs for arm in pair]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2)
@@ -67,12 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the runs and medians here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for both arms (after --)")
     args = parser.parse_args(argv)
-    runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        for arm in order(args.repeats):
-            runs.append(run_once(arm, args.steps, args.overrides, Path(tmp)))
-            print(json.dumps(runs[-1]), flush=True)
-    med = {arm: statistics.median(r["sec_per_step"] for r in runs if r["arm"] == arm) for arm in ARMS}
+        runs = run_alternating("dedup", "per_row", args.repeats,
+                               lambda arm: run_once(arm, args.steps, args.overrides, Path(tmp)))
+    med = medians(runs, "sec_per_step")
     distinct = statistics.fmean(r["distinct_targets"] for r in runs if r["distinct_targets"] is not None)
     result = {"overrides": args.overrides, "repeats": args.repeats, "steps": args.steps, "runs": runs,
               "median_sec_per_step": med, "distinct_targets_per_16": round(distinct, 2),

@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from alternating import medians as median_of  # perf/, this script's folder
+from alternating import run_alternating
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = {"with": [], "without": ["val=stsb_dev"]}
@@ -48,24 +50,15 @@ def run_once(arm: str, extra: list[str], workdir: Path) -> dict:
             "stsb_dev": metrics.get("val/stsb_dev/spearman"), "t2i_R@10": metrics.get("val/flickr8k_dev/t2i_R@10")}
 
 
-def order(repeats: int) -> list[str]:
-    """with, without, without, with, with, without, ...: each arm as often first as second."""
-    pairs = [("with", "without") if i % 2 == 0 else ("without", "with") for i in range(repeats)]
-    return [arm for pair in pairs for arm in pair]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write the runs and medians here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for both arms (after --)")
     args = parser.parse_args(argv)
-    runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        for arm in order(args.repeats):
-            runs.append(run_once(arm, args.overrides, Path(tmp)))
-            print(json.dumps(runs[-1]), flush=True)
-    medians = {arm: statistics.median(r["wall_s"] for r in runs if r["arm"] == arm) for arm in ARMS}
+        runs = run_alternating("with", "without", args.repeats, lambda arm: run_once(arm, args.overrides, Path(tmp)))
+    medians = median_of(runs, "wall_s")
     result = {"overrides": args.overrides, "repeats": args.repeats, "runs": runs,
               "median_wall_s": medians, "ratio_with_over_without": round(medians["with"] / medians["without"], 3)}
     print(f"| arm | median wall s |\n|---|---|\n| with image validation | {medians['with']:.1f} |\n"
