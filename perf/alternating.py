@@ -3,6 +3,7 @@ and are compared by their medians (perf/validation_overhead.py, perf/target_dedu
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable
 
@@ -15,8 +16,6 @@ def alternating(first: str, second: str, repeats: int) -> list[str]:
 
 def run_alternating(first: str, second: str, repeats: int, run: Callable[[str], dict]) -> list[dict]:
     """`run(arm)` for each arm in alternating order; each result is printed as it comes (a long run shows progress)."""
-    import json
-
     runs = []
     for arm in alternating(first, second, repeats):
         runs.append(run(arm))

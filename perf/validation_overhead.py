@@ -25,8 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from alternating import medians as median_of  # perf/, this script's folder
-from alternating import run_alternating
+import alternating  # perf/, this script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = {"with": [], "without": ["val=stsb_dev"]}
@@ -57,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for both arms (after --)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = run_alternating("with", "without", args.repeats, lambda arm: run_once(arm, args.overrides, Path(tmp)))
-    medians = median_of(runs, "wall_s")
+        runs = alternating.run_alternating("with", "without", args.repeats, lambda arm: run_once(arm, args.overrides, Path(tmp)))
+    medians = alternating.medians(runs, "wall_s")
     result = {"overrides": args.overrides, "repeats": args.repeats, "runs": runs,
               "median_wall_s": medians, "ratio_with_over_without": round(medians["with"] / medians["without"], 3)}
     print(f"| arm | median wall s |\n|---|---|\n| with image validation | {medians['with']:.1f} |\n"

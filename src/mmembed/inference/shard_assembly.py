@@ -15,9 +15,9 @@ from mmembed.inference.shards import (
     MANIFEST_FORMAT,
     SHARD_FILE,
     SKIPPED,
-    _replace_atomically,
     item_key,
     read_shard,
+    replace_atomically,
     shard_name,
 )
 
@@ -59,12 +59,12 @@ def assemble(out: Path, rows: Sequence[dict], records: Sequence[dict], dim: int)
 def write_manifest(out: Path, header: dict, records: Sequence[dict], counts: dict) -> None:
     manifest = {"format": MANIFEST_FORMAT, **header, "counts": counts,
                 "shards": sorted(records, key=lambda r: r["k"])}
-    _replace_atomically(out / MANIFEST, lambda p: p.write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n"))
+    replace_atomically(out / MANIFEST, lambda p: p.write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n"))
 
 
 def write_skipped(out: Path, skipped: Sequence[dict]) -> None:
     lines = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in skipped)
-    _replace_atomically(out / SKIPPED, lambda p: p.write_text(lines, encoding="utf-8"))
+    replace_atomically(out / SKIPPED, lambda p: p.write_text(lines, encoding="utf-8"))
 
 
 def remove_unlisted(out: Path, records: Sequence[dict]) -> list[str]:

@@ -57,7 +57,8 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _replace_atomically(path: Path, write) -> None:
+def replace_atomically(path: Path, write) -> None:
+    """`write(tmp)` to a sibling temp file, then rename it over `path`: readers see the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
@@ -73,16 +74,16 @@ def write_shard(out: Path, rank: int, k: int, vectors: torch.Tensor, rows: Seque
     if vectors.shape[0] != len(rows):
         raise ValueError(f"{name}: {vectors.shape[0]} vectors for {len(rows)} metadata rows")
     vec_path, meta_path = out / f"{name}.safetensors", out / f"{name}.jsonl"
-    _replace_atomically(vec_path, lambda p: save_file({"embeddings": vectors}, str(p)))
+    replace_atomically(vec_path, lambda p: save_file({"embeddings": vectors}, str(p)))
     lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    _replace_atomically(meta_path, lambda p: p.write_text(lines, encoding="utf-8"))
+    replace_atomically(meta_path, lambda p: p.write_text(lines, encoding="utf-8"))
     record = {
         "name": name, "rank": rank, "k": k, "rows": len(rows), "dim": int(vectors.shape[1]),
         "input_range": list(input_range), "vectors": vec_path.name, "metadata": meta_path.name,
         "sha256": {"vectors": sha256_file(vec_path), "metadata": sha256_file(meta_path)},
         "skipped": list(skipped), "settings": settings,
     }
-    _replace_atomically(out / f"{name}.json", lambda p: p.write_text(json.dumps(record, ensure_ascii=False, indent=1)))
+    replace_atomically(out / f"{name}.json", lambda p: p.write_text(json.dumps(record, ensure_ascii=False, indent=1)))
     return record
 
 
