@@ -5,6 +5,7 @@
     python experiments/three_papers.py --rows text_only image_text unime_stage1 unime_stage1_2 mmgem base   # + a row: the rest reused
     python experiments/three_papers.py --set unime_stage1:trainer.max_steps=150   # one run's own override
     python experiments/three_papers.py --table-only                     # re-tabulate finished runs
+    python experiments/three_papers.py --seeds 1 2 3 -- model=smol_llava_label_words   # 3 seeds, mean +- sd
 
 Rows (same base model, conf/model's default unless an extra override changes it):
     text_only       E5-V, LoRA on NLI text triplets only (the vision tower dropped)
@@ -21,7 +22,9 @@ Each training run is `src/train.py experiment=<recipe> eval@evaluation=three_pap
 evaluation) is reused when its command is unchanged, so an interrupted table resumes where it stopped;
 a run whose command changed is refused (choose another --out or pass --force). The suite: STS12 / STS-B /
 SICK-R, the Flickr8k 1k test both ways and the local mini-MMEB (built first when it is missing).
-Writes <table>.md and <table>.json.
+With `--seeds`, every run is repeated per seed in <out>/seed<N>/<run> (`seed=N` after the `--` overrides,
+before a run's own `--set`), seed by seed, and each cell is the mean +- sample sd over the seeds whose row
+finished (the number of seeds is a column). Writes <table>.md and <table>.json.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -165,8 +169,30 @@ def row_record(name: str, row: Row, out: Path) -> dict:
     return record
 
 
-def _cell(value, fmt="{:.2f}") -> str:
-    return "-" if value is None else fmt.format(value)
+def seeded_record(name: str, row: Row, out: Path, seeds: list[int]) -> dict:
+    """The row over seeds: each metric's and the wall time's mean and sample sd over the seeds whose runs
+    finished (<out>/seed<N>), with every seed's own record kept."""
+    per_seed = {seed: row_record(name, row, out / f"seed{seed}") for seed in seeds}
+    done = {seed: r for seed, r in per_seed.items() if r["finished"]}
+    record = {"row": name, "label": row.label, "paper": row.paper, "seeds": sorted(done),
+              "runs": [run for r in per_seed.values() for run in r["runs"]],
+              "finished": bool(done), "metrics": {}, "sd": {}, "cost": {}, "per_seed": per_seed}
+    if done:
+        keys = sorted({k for r in done.values() for k, v in r["metrics"].items() if v is not None})
+        for key in keys:
+            values = [r["metrics"][key] for r in done.values() if r["metrics"].get(key) is not None]
+            record["metrics"][key] = statistics.fmean(values)
+            record["sd"][key] = statistics.stdev(values) if len(values) > 1 else None
+        walls = [r["cost"]["wall_time_s"] for r in done.values()]
+        record["cost"] = {"wall_time_s": statistics.fmean(walls),
+                          "steps": "/".join(dict.fromkeys(r["cost"]["steps"] for r in done.values()))}
+    return record
+
+
+def _cell(value, fmt="{:.2f}", sd=None) -> str:
+    if value is None:
+        return "-"
+    return fmt.format(value) + ("" if sd is None else f" ± {fmt.format(sd)}")
 
 
 def build_mmeb_table(records: list[dict]) -> str:
@@ -175,20 +201,24 @@ def build_mmeb_table(records: list[dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
         if r["finished"]:
-            lines.append("| " + " | ".join([r["label"], *(_cell(r["metrics"].get(k)) for _, k in MMEB_COLUMNS)]) + " |")
+            cells = (_cell(r["metrics"].get(k), sd=r.get("sd", {}).get(k)) for _, k in MMEB_COLUMNS)
+            lines.append("| " + " | ".join([r["label"], *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
 def build_table(records: list[dict]) -> str:
-    header = ["recipe", "paper", *(h for h, _ in COLUMNS), "train wall (min)", "steps"]
+    seeded = any("seeds" in r for r in records)
+    header = ["recipe", "paper", *(h for h, _ in COLUMNS), "train wall (min)", "steps", *(["seeds"] if seeded else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
+        seeds = [", ".join(map(str, r.get("seeds", []))) or "-"] if seeded else []
         if not r["finished"]:
-            cells = [r["label"], r["paper"], "not finished", *["-"] * (len(COLUMNS) + 1)]
+            cells = [r["label"], r["paper"], "not finished", *["-"] * (len(COLUMNS) + 1), *seeds]
         else:
             wall = r["cost"]["wall_time_s"]
-            cells = [r["label"], r["paper"], *(_cell(r["metrics"].get(key)) for _, key in COLUMNS),
-                     _cell(wall / 60 if wall else None, "{:.1f}"), r["cost"]["steps"]]
+            cells = [r["label"], r["paper"], *(_cell(r["metrics"].get(key), sd=r.get("sd", {}).get(key))
+                                                for _, key in COLUMNS),
+                     _cell(wall / 60 if wall else None, "{:.1f}"), r["cost"]["steps"], *seeds]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -244,6 +274,8 @@ def main(argv=None) -> int:
                         help="writes <table>.md and <table>.json")
     parser.add_argument("--set", nargs="+", default=[], metavar="RUN:key=value",
                         help="an override for one run only, e.g. unime_stage1:trainer.max_steps=150")
+    parser.add_argument("--seeds", nargs="+", type=int, help="repeat every run per seed (<out>/seed<N>); "
+                        "cells become mean +- sd over seeds")
     parser.add_argument("--force", action="store_true", help="rerun stages that finished before")
     parser.add_argument("--table-only", action="store_true", help="tabulate what is finished; train nothing")
     parser.add_argument("extra", nargs="*", help="Hydra overrides for every run (after --)")
@@ -270,21 +302,31 @@ def _main(args) -> int:
         stages = list(dict.fromkeys(s for _, row in rows for s in row.stages))
         per_run = parse_per_run(args.set, {s.run for s in stages})  # a bad --set fails before any build
         ensure_mini_mmeb(Path(env_cache), Path(data_root))
-        out.mkdir(parents=True, exist_ok=True)
-        for i, stage in enumerate(stages, 1):
-            position = f"[{i}/{len(stages)}]"
-            if stage.after in failed:
-                print(f"{position} {stage.run}: skipped, {stage.after} failed", file=sys.stderr, flush=True)
-                failed.add(stage.run)
-                continue
-            command = stage_command(stage, out, args.steps, args.mmeb_queries, args.extra, per_run)
-            if not _run_stage(stage, command, out, args.force, position):
-                failed.add(stage.run)
-    records = [row_record(name, row, out) for name, row in rows]
+        rounds = [(out, args.extra, "")] if not args.seeds else [
+            (out / f"seed{seed}", [*args.extra, f"seed={seed}"], f"seed {seed} ") for seed in args.seeds]
+        total = len(stages) * len(rounds)
+        for r, (folder, extra, which) in enumerate(rounds):
+            folder.mkdir(parents=True, exist_ok=True)
+            failed_here: set[str] = set()
+            for i, stage in enumerate(stages, 1):
+                position = f"[{r * len(stages) + i}/{total}] {which}".rstrip()
+                if stage.after in failed_here:
+                    print(f"{position} {stage.run}: skipped, {stage.after} failed", file=sys.stderr, flush=True)
+                    failed_here.add(stage.run)
+                    continue
+                command = stage_command(stage, folder, args.steps, args.mmeb_queries, extra, per_run)
+                if not _run_stage(stage, command, folder, args.force, position):
+                    failed_here.add(stage.run)
+            failed |= {f"{which}{run}".strip() for run in failed_here}
+    if args.seeds:
+        records = [seeded_record(name, row, out, args.seeds) for name, row in rows]
+    else:
+        records = [row_record(name, row, out) for name, row in rows]
     text = (f"Runs: `{shown(out)}`; the suite: STS12 / STS-B / SICK-R (Spearman x100; STS avg = their mean), "
             f"Flickr8k 1k test (1,000 images x 5,000 captions) Recall, mini-MMEB hit@1 overall"
             f"{f' (first {args.mmeb_queries} queries per dataset)' if args.mmeb_queries else ''}, "
-            f"CIDEr x100 of greedy captions of the same 1,000 images (recipes that caption).\n\n")
+            f"CIDEr x100 of greedy captions of the same 1,000 images (recipes that caption)"
+            f"{f'; mean ± sample sd over seeds {args.seeds} (the seeds column: those finished)' if args.seeds else ''}.\n\n")
     text += build_table(records)
     text += "\nmini-MMEB hit@1 by meta-task (MMEB's grouping; chance differs per dataset):\n\n" + build_mmeb_table(records)
     args.table.parent.mkdir(parents=True, exist_ok=True)

@@ -75,6 +75,41 @@ def test_row_cells_sts_mean_summed_wall_time_and_unfinished_rows(tp, tmp_path):
     assert len(mmeb) == 4  # the unfinished row has no breakdown
 
 
+def test_seeds_give_mean_and_sample_sd_per_cell_over_the_seeds_whose_row_finished(tp, tmp_path):
+    # seed 1 and 2 finished text_only, seed 3 only trained it (no evaluation): mean and sd over seeds 1, 2
+    for seed, stsb, r10 in ((1, 70.0, 10.0), (2, 74.0, 13.0)):
+        _summary(tmp_path / f"seed{seed}" / "text_only", 60.0 * seed, 40,
+                 {"eval/stsb/spearman": stsb, f"eval/{tp.RETRIEVAL}/t2i_R@10": r10, "eval/mini_mmeb/overall": 20.0})
+    _summary(tmp_path / "seed3" / "text_only", 500.0, 40, None)
+    assert tp.main(["--rows", "text_only", "unime_stage1", "--table-only", "--seeds", "1", "2", "3",
+                    "--out", str(tmp_path), "--table", str(tmp_path / "t")]) == 0
+    lines = (tmp_path / "t.md").read_text().splitlines()
+    assert "mean ± sample sd over seeds [1, 2, 3]" in lines[0]
+    assert lines[2].endswith("| train wall (min) | steps | seeds |")
+    # sd of (70, 74) = 2.83; of (10, 13) = 2.12; of (20, 20) = 0; wall (60 + 120) / 2 s = 1.5 min
+    assert lines[4] == ("| E5-V text_only | E5-V | - | 72.00 ± 2.83 | - | 11.50 ± 2.12 | - | - | 20.00 ± 0.00 | - "
+                        "| 1.5 | 40 | 1, 2 |")
+    assert lines[5].startswith("| UniME stage 1 | UniME | not finished |") and lines[5].endswith("| - |")
+    record = json.loads((tmp_path / "t.json").read_text())[0]
+    assert record["seeds"] == [1, 2] and record["per_seed"]["3"]["finished"] is False
+    assert record["sd"]["eval/stsb/spearman"] == pytest.approx(8 ** 0.5)
+
+
+def test_each_seed_runs_in_its_own_folder_with_its_seed_before_the_runs_own_overrides(tp, tmp_path, monkeypatch):
+    commands = []
+
+    def fake_run(stage, command, out, force, position):
+        commands.append((out.name, command[2:]))
+        return True
+    monkeypatch.setattr(tp, "ensure_mini_mmeb", lambda *a: None)
+    monkeypatch.setattr(tp, "_run_stage", fake_run)
+    tp.main(["--rows", "text_only", "--seeds", "4", "5", "--steps", "3", "--out", str(tmp_path),
+             "--table", str(tmp_path / "t"), "--set", "text_only:seed=9", "--", "model=smol_llava_label_words"])
+    assert commands == [(f"seed{s}", [f"hydra.run.dir={tmp_path / f'seed{s}' / 'text_only'}", "experiment=text_only",
+                                      "eval@evaluation=three_papers", "trainer.max_steps=3",
+                                      "model=smol_llava_label_words", f"seed={s}", "seed=9"]) for s in (4, 5)]
+
+
 def test_a_changed_command_in_a_finished_folder_is_refused_and_bad_arguments_exit_2(tp, tmp_path, capsys):
     stage = tp.ROWS["text_only"].stages[0]
     _summary(tmp_path / "text_only", 60.0, 2, {"eval/stsb/spearman": 50.0})
