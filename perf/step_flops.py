@@ -4,6 +4,7 @@
     python perf/step_flops.py --experiments text_only --steps 6 --repeats 3 --json /tmp/step_flops.json
     python perf/step_flops.py --profile 3                     # + torch.profiler's top ops over 3 steps
     python perf/step_flops.py -- model.name_or_path=/path/to/model   # extra Hydra overrides for every run
+    python perf/step_flops.py --baseline model.length_buckets=1        # + Trainer.fit runs with these overrides
 
 For each experiment (`experiment=text_only`, `experiment=image_text`: the default model, the recipes' batch
 sizes from conf/data/*.yaml), the objects are built the way `mmembed.run.training.run_training` builds them
@@ -26,6 +27,9 @@ with LoRA), and one real batch of the training dataloader is used:
   overhead = framework / bare - 1.
 - Achieved FLOP/s = step FLOPs / the bare loop's median step time; `% of peak` divides that by the best
   bf16 and float32 torch.mm rate measured above.
+- `--baseline OVERRIDE ...`: a third kind of run, `baseline`, is `framework` with these overrides added,
+  alternated with the other two (A B C C B A ...): the speed-up of the default against it in one command,
+  e.g. `--baseline model.length_buckets=1` (one padded forward per group instead of length buckets).
 
 `--profile K` runs torch.profiler over K bare steps (after a warm-up step) and prints the top ops by self CPU
 time, plus the padding share of each input group of the batch: where the step's time goes.
@@ -226,15 +230,24 @@ def matmul_peaks(gemms: list[dict], calls: int = 5) -> list[dict]:
 
 def padding_shares(step: Step, batch: dict) -> list[dict]:
     """For each input group the objective embeds: its shape and the share of its positions that are padding
-    (after mmembed.models.embedder.trim_padding's removal of all-padding columns)."""
+    as one forward (after mmembed.models.embedder.trim_padding's removal of all-padding columns) and as the
+    embedder runs it (its length buckets, mmembed/models/length_buckets.py; the same when it runs one forward)."""
     from mmembed.models.embedder import trim_padding
+    from mmembed.models.length_buckets import plan_buckets, token_only
 
     groups = step.objective.groups(batch["features"]) if hasattr(step.objective, "groups") else []
+    max_buckets = int(getattr(step.embedder, "length_buckets", 1))
     rows = []
     for i, group in enumerate(groups):
         mask = trim_padding(dict(group)).get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-            rows.append({"group": i, "shape": list(mask.shape), "padding_share": 1 - float(mask.float().mean())})
+            real = int(mask.bool().sum())
+            buckets = plan_buckets(mask, max_buckets) if token_only(dict(group), group["attention_mask"]) else None
+            runs = [mask] if buckets is None else [trim_padding({"attention_mask": mask[b]})["attention_mask"]
+                                                    for b in buckets]
+            computed = sum(r.numel() for r in runs)
+            rows.append({"group": i, "shape": list(mask.shape), "padding_share": 1 - real / mask.numel(),
+                         "runs": [list(r.shape) for r in runs], "padding_share_run": 1 - real / computed})
     return rows
 
 
@@ -293,18 +306,22 @@ def bare_command(experiment: str, steps: int, out: Path, extra: list[str]) -> li
             "--steps", str(steps), "--", *extra]
 
 
-def run_once(kind: str, experiment: str, steps: int, run_dir: Path, extra: list[str]) -> dict:
+def run_once(kind: str, experiment: str, steps: int, run_dir: Path, extra: list[str],
+             baseline: list[str] | None = None) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)}
     out = run_dir / "bare.json"
-    cmd = (framework_command(experiment, steps, run_dir, extra) if kind == "framework"
-           else bare_command(experiment, steps, out, extra))
+    if kind == "baseline":  # Trainer.fit with the baseline's overrides last
+        cmd = framework_command(experiment, steps, run_dir, [*extra, *(baseline or [])])
+    else:
+        cmd = (framework_command(experiment, steps, run_dir, extra) if kind == "framework"
+               else bare_command(experiment, steps, out, extra))
     run_dir.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{kind} run ({experiment}) failed with exit code {proc.returncode}:\n{proc.stderr[-4000:]}")
-    if kind == "framework":
+    if kind in ("framework", "baseline"):
         cost = json.loads((run_dir / "cost.json").read_text())
         sec, n = cost["sec_per_step"], cost["steps"]
     else:
@@ -313,11 +330,12 @@ def run_once(kind: str, experiment: str, steps: int, run_dir: Path, extra: list[
     return {"kind": kind, "experiment": experiment, "sec_per_step": sec, "steps": n, "load_avg_1m": load}
 
 
-def run_order(repeats: int) -> list[str]:
-    """A B B A A B ...: each kind runs first in half the rounds."""
+def run_order(repeats: int, baseline: bool = False) -> list[str]:
+    """A B B A A B ... (A B C C B A ... with a baseline): each kind runs first in half the rounds."""
+    kinds = (*KINDS, "baseline") if baseline else KINDS
     order = []
     for r in range(repeats):
-        order += list(KINDS if r % 2 == 0 else reversed(KINDS))
+        order += list(kinds if r % 2 == 0 else reversed(kinds))
     return order
 
 
@@ -369,15 +387,22 @@ def summarize(flop_result: dict, runs: list[dict]) -> dict:
     bf16 = max(p["bf16_flops_per_s"] for p in flop_result["peaks"])
     fp32 = max(p["fp32_flops_per_s"] for p in flop_result["peaks"])
     achieved = flop_result["flops"] / med["bare"]
-    return {"framework_sec_per_step": med["framework"], "bare_sec_per_step": med["bare"],
+    baseline = [r["sec_per_step"] for r in runs if r["kind"] == "baseline"]
+    extra = ({"baseline_sec_per_step": statistics.median(baseline),
+              "speedup_vs_baseline": statistics.median(baseline) / med["framework"]} if baseline else {})
+    return {**extra, "framework_sec_per_step": med["framework"], "bare_sec_per_step": med["bare"],
             "overhead": med["framework"] / med["bare"] - 1, "achieved_flops_per_s": achieved,
             "achieved_flops_per_s_framework": flop_result["flops"] / med["framework"],
             "peak_bf16_flops_per_s": bf16, "peak_fp32_flops_per_s": fp32,
             "share_of_bf16_peak": achieved / bf16, "share_of_fp32_peak": achieved / fp32}
 
 
-def table(results: dict[str, dict]) -> str:
+def table(results: dict[str, dict], baseline: list[str] | None = None) -> str:
     names = list(results)
+    compared = [] if not baseline else [
+        (f"s/step, Trainer.fit with {' '.join(baseline)} (median)",
+         lambda r: f"{r['summary']['baseline_sec_per_step']:.3f}"),
+        ("speed-up of the default over that", lambda r: f"{r['summary']['speedup_vs_baseline']:.3f}x")]
     rows = [
         ("precision", lambda r: r["flops"]["precision"]),
         ("batch size", lambda r: str(r["flops"]["batch_size"])),
@@ -385,6 +410,7 @@ def table(results: dict[str, dict]) -> str:
         ("s/step, bare PyTorch (median)", lambda r: f"{r['summary']['bare_sec_per_step']:.3f}"),
         ("s/step, Lightning Trainer.fit (median)", lambda r: f"{r['summary']['framework_sec_per_step']:.3f}"),
         ("framework overhead", lambda r: f"{r['summary']['overhead']:+.1%}"),
+        *compared,
         ("achieved FLOP/s (bare)", lambda r: f"{r['summary']['achieved_flops_per_s'] / 1e9:.1f} G"),
         ("achieved FLOP/s (framework)", lambda r: f"{r['summary']['achieved_flops_per_s_framework'] / 1e9:.1f} G"),
         ("torch.mm peak, bf16 (step's GEMMs)", lambda r: f"{r['summary']['peak_bf16_flops_per_s'] / 1e9:.1f} G"),
@@ -418,6 +444,8 @@ def main(argv=None) -> None:
     parser.add_argument("--mm-calls", type=int, default=5, help="torch.mm calls per timing round of a GEMM shape")
     parser.add_argument("--profile", type=int, default=0, help="torch.profiler over this many bare steps (0 = none)")
     parser.add_argument("--json", type=Path, help="also write every number here")
+    parser.add_argument("--baseline", nargs="+", metavar="OVERRIDE",
+                        help="also time Trainer.fit with these Hydra overrides added, alternated with the rest")
     parser.add_argument("--bare-worker", type=Path, help=argparse.SUPPRESS)  # internal: one bare run, to this file
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (after --)")
     args = parser.parse_args(argv)
@@ -434,29 +462,32 @@ def main(argv=None) -> None:
             print(f"{experiment}: counting FLOPs, timing the step's GEMMs ...", file=sys.stderr, flush=True)
             flop_result = measure_flops(experiment, args.overrides, args.steps, args.top_gemms, args.profile,
                                         args.mm_calls)
-            runs = []
-            for i, kind in enumerate(run_order(args.repeats)):
-                print(f"{experiment}: run {i + 1}/{2 * args.repeats}: {kind} ...", file=sys.stderr, flush=True)
-                runs.append(run_once(kind, experiment, args.steps, Path(tmp, f"{experiment}_{i}"), args.overrides))
+            runs, order = [], run_order(args.repeats, baseline=bool(args.baseline))
+            for i, kind in enumerate(order):
+                print(f"{experiment}: run {i + 1}/{len(order)}: {kind} ...", file=sys.stderr, flush=True)
+                runs.append(run_once(kind, experiment, args.steps, Path(tmp, f"{experiment}_{i}"), args.overrides,
+                                     args.baseline))
                 print(f"  {runs[-1]['sec_per_step']:.3f} s/step, load {runs[-1]['load_avg_1m']:.1f}",
                       file=sys.stderr, flush=True)
             results[experiment] = {"flops": flop_result, "runs": runs, "summary": summarize(flop_result, runs)}
     loads = [r["load_avg_1m"] for res in results.values() for r in res["runs"]]
     print(f"timed steps={args.steps} repeats={args.repeats} cpus={os.cpu_count()} torch={torch.__version__} "
           f"threads={torch.get_num_threads()} load average (1 min) before runs: {min(loads):.1f}-{max(loads):.1f}")
-    print(table(results))
+    print(table(results, args.baseline))
     for name, res in results.items():
         f = res["flops"]
         print(f"\n{name}: the biggest GEMMs of the step, timed alone")
         print(gemm_table(f["peaks"], f["flops"]))
         top_ops = sorted(f["flops_by_op"].items(), key=lambda kv: -kv[1])[:6]
         print("FLOPs by op: " + ", ".join(f"{op} {v / f['flops']:.1%}" for op, v in top_ops))
-        print("padding per input group: " + ", ".join(
-            f"group {p['group']} {p['shape']} {p['padding_share']:.1%}" for p in f["padding"]))
+        print("padding per input group (one forward -> as run): " + ", ".join(
+            f"group {p['group']} {p['shape']} {p['padding_share']:.1%} -> runs {p['runs']} {p['padding_share_run']:.1%}"
+            for p in f["padding"]))
         if f.get("profile"):
             print(f"\n{name}: {f['profile']}")
     if args.json:
-        args.json.write_text(json.dumps({"steps": args.steps, "repeats": args.repeats, "results": results}, indent=2))
+        args.json.write_text(json.dumps({"steps": args.steps, "repeats": args.repeats, "baseline": args.baseline,
+                                         "results": results}, indent=2))
 
 
 if __name__ == "__main__":
