@@ -4,7 +4,7 @@
     python perf/step_flops.py --experiments text_only --steps 6 --repeats 3 --json /tmp/step_flops.json
     python perf/step_flops.py --profile 3                     # + torch.profiler's top ops over 3 steps
     python perf/step_flops.py -- model.name_or_path=/path/to/model   # extra Hydra overrides for every run
-    python perf/step_flops.py --baseline model.length_buckets=1        # + Trainer.fit runs with these overrides
+    python perf/step_flops.py --baseline lora.dropout=0                # + Trainer.fit runs with these overrides
 
 For each experiment (`experiment=text_only`, `experiment=image_text`: the default model, the recipes' batch
 sizes from conf/data/*.yaml), the objects are built the way `mmembed.run.training.run_training` builds them
@@ -29,7 +29,7 @@ with LoRA), and one real batch of the training dataloader is used:
   bf16 and float32 torch.mm rate measured above.
 - `--baseline OVERRIDE ...`: a third kind of run, `baseline`, is `framework` with these overrides added,
   alternated with the other two (A B C C B A ...): the speed-up of the default against it in one command,
-  e.g. `--baseline model.length_buckets=1` (one padded forward per group instead of length buckets).
+  e.g. `--baseline lora.dropout=0` (what the LoRA dropout costs).
 
 `--profile K` runs torch.profiler over K bare steps (after a warm-up step) and prints the top ops by self CPU
 time, plus the padding share of each input group of the batch: where the step's time goes.
@@ -230,24 +230,15 @@ def matmul_peaks(gemms: list[dict], calls: int = 5) -> list[dict]:
 
 def padding_shares(step: Step, batch: dict) -> list[dict]:
     """For each input group the objective embeds: its shape and the share of its positions that are padding
-    as one forward (after mmembed.models.embedder.trim_padding's removal of all-padding columns) and as the
-    embedder runs it (its length buckets, mmembed/models/length_buckets.py; the same when it runs one forward)."""
+    (after mmembed.models.embedder.trim_padding's removal of all-padding columns)."""
     from mmembed.models.embedder import trim_padding
-    from mmembed.models.length_buckets import plan_buckets, token_only
 
     groups = step.objective.groups(batch["features"]) if hasattr(step.objective, "groups") else []
-    max_buckets = int(getattr(step.embedder, "length_buckets", 1))
     rows = []
     for i, group in enumerate(groups):
         mask = trim_padding(dict(group)).get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-            real = int(mask.bool().sum())
-            buckets = plan_buckets(mask, max_buckets) if token_only(dict(group), group["attention_mask"]) else None
-            runs = [mask] if buckets is None else [trim_padding({"attention_mask": mask[b]})["attention_mask"]
-                                                    for b in buckets]
-            computed = sum(r.numel() for r in runs)
-            rows.append({"group": i, "shape": list(mask.shape), "padding_share": 1 - real / mask.numel(),
-                         "runs": [list(r.shape) for r in runs], "padding_share_run": 1 - real / computed})
+            rows.append({"group": i, "shape": list(mask.shape), "padding_share": 1 - float(mask.float().mean())})
     return rows
 
 
@@ -480,9 +471,8 @@ def main(argv=None) -> None:
         print(gemm_table(f["peaks"], f["flops"]))
         top_ops = sorted(f["flops_by_op"].items(), key=lambda kv: -kv[1])[:6]
         print("FLOPs by op: " + ", ".join(f"{op} {v / f['flops']:.1%}" for op, v in top_ops))
-        print("padding per input group (one forward -> as run): " + ", ".join(
-            f"group {p['group']} {p['shape']} {p['padding_share']:.1%} -> runs {p['runs']} {p['padding_share_run']:.1%}"
-            for p in f["padding"]))
+        print("padding per input group: " + ", ".join(
+            f"group {p['group']} {p['shape']} {p['padding_share']:.1%}" for p in f["padding"]))
         if f.get("profile"):
             print(f"\n{name}: {f['profile']}")
     if args.json:

@@ -17,8 +17,7 @@ from tests.pipeline.helpers import build_embedder, compose_train
 
 def _loss_grads_and_layer_calls(model_dir, tmp_path, checkpointing: bool):
     cfg = compose_train(
-        ["experiment=text_only", "model.text_only=true", "val=stsb_dev", f"model.name_or_path={model_dir}", f"model.gradient_checkpointing={checkpointing}",
-         "model.length_buckets=1"], tmp_path  # one forward: the layer-call count below is per forward
+        ["experiment=text_only", "model.text_only=true", "val=stsb_dev", f"model.name_or_path={model_dir}", f"model.gradient_checkpointing={checkpointing}"], tmp_path
     )
     torch.manual_seed(0)
     embedder = build_embedder(cfg, trainable=True).train()

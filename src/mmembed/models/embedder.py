@@ -14,7 +14,6 @@ from torch import nn
 
 from mmembed.models.backbones import Backbone
 from mmembed.models.featurizer import Featurizer
-from mmembed.models.length_buckets import plan_buckets, token_only
 from mmembed.models.pooling import LastTokenPooler, Pooler
 from mmembed.models.prompts import PromptConfig, PromptRenderer
 
@@ -28,12 +27,8 @@ class MLLMEmbedder(nn.Module):
         prompts: PromptConfig | None = None,
         pooler: Pooler | None = None,
         featurizer: Featurizer | None = None,
-        length_buckets: int = 1,
     ):
         super().__init__()
-        # Texts of a forward run in up to this many length-sorted runs, each with its own padding
-        # (mmembed/models/length_buckets.py); 1: one padded forward.
-        self.length_buckets = int(length_buckets)
         # Bound to this tokenizer (a TokenPooler looks its token's id up there); E5-V's last token by default.
         self.pooler = (LastTokenPooler() if pooler is None else pooler).bind(backbone.tokenizer)
         self.model = backbone.model  # registered, so LoRA/optimisers/checkpoints see it
@@ -76,18 +71,7 @@ class MLLMEmbedder(nn.Module):
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         """Model inputs (from `featurize_*`) -> [B, D] L2-normalised embeddings."""
         device = self.device
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        mask = inputs.get("attention_mask")
-        buckets = (plan_buckets(mask, self.length_buckets)
-                   if self.length_buckets > 1 and isinstance(mask, torch.Tensor) and token_only(inputs, mask) else None)
-        if buckets is None:
-            return self._embed(inputs)
-        parts = [self._embed({k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
-                 for rows in buckets]
-        return torch.cat(parts)[torch.argsort(torch.cat(buckets))]  # back to the rows' order
-
-    def _embed(self, inputs: dict) -> torch.Tensor:
-        inputs = trim_padding(inputs)
+        inputs = trim_padding({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
         hidden = self.backbone.body(**inputs, use_cache=False).last_hidden_state
         pooled = self.pooler(hidden, inputs["attention_mask"], inputs.get("input_ids"))
         return F.normalize(pooled.float(), dim=-1)

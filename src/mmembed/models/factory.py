@@ -50,8 +50,6 @@ class ModelSpec:
     cache_dir: str | None = None
     quantization: str | None = None
     gradient_checkpointing: bool = False
-    # Texts of one forward in up to this many length-sorted runs (mmembed/models/length_buckets.py); 1: off
-    length_buckets: int = 1
     how_to_get: str | None = None  # said when the folder is missing (e.g. the command that writes it)
     adapter: str | None = None
     merge_adapter: bool = True
@@ -170,7 +168,5 @@ def build_embedder(
 
         install_tower_cache(backbone.model, spec.cache_dir)
     if extension is not None:
-        embedder = extension.embedder(backbone, spec.pooler, featurizer)
-        embedder.length_buckets = spec.length_buckets
-        return embedder
-    return MLLMEmbedder(backbone, pooler=spec.pooler, featurizer=featurizer, length_buckets=spec.length_buckets)
+        return extension.embedder(backbone, spec.pooler, featurizer)
+    return MLLMEmbedder(backbone, pooler=spec.pooler, featurizer=featurizer)

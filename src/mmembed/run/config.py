@@ -71,7 +71,6 @@ def model_spec(cfg: DictConfig, explicit_prompts: bool | None = None, inference:
         cache_dir=m.get("cache_dir"),
         quantization=m.get("quantization"),
         gradient_checkpointing=bool(m.get("gradient_checkpointing")),
-        length_buckets=int(m.get("length_buckets") or 1),
         how_to_get=m.get("how_to_get"),
         adapter=str(cfg.adapter) if cfg.get("adapter") else None,
         merge_adapter=bool(cfg.get("merge_adapter", True)),
