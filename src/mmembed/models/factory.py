@@ -34,6 +34,7 @@ class LoraSpec:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: str | None = None
+    cpu_mask_dropout: bool = True  # mmembed/models/lora_dropout.py
 
 
 @dataclass
@@ -154,7 +155,8 @@ def build_embedder(
         if spec.adapter and not spec.merge_adapter:
             raise ConfigError("training on top of an unmerged adapter: set merge_adapter=true")
         extras = extension.lora_options(backbone.model, featurizer.tokenizer) if extension is not None else {}
-        backbone.model = apply_lora(backbone.model, lora.r, lora.alpha, lora.dropout, lora.target_modules, **extras)
+        backbone.model = apply_lora(backbone.model, lora.r, lora.alpha, lora.dropout, lora.target_modules,
+                                    cpu_mask_dropout=lora.cpu_mask_dropout, **extras)
         if extension is not None:
             extension.finalize_trainable(backbone.model)
     if trainable and train_projector:

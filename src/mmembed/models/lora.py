@@ -34,12 +34,14 @@ def default_target_regex(model: nn.Module) -> str:
 
 
 def apply_lora(model: nn.Module, r: int = 64, alpha: int = 16, dropout: float = 0.05, target_modules: str | None = None,
-               **extras):
+               cpu_mask_dropout: bool = False, **extras):
     """Wrap `model` with fresh LoRA adapters on the language model. Returns the PeftModel.
 
     `target_modules` is a regex over full module names (peft full-matches a string); None uses
-    `default_target_regex`. Everything except the adapters is frozen. `extras` go to peft's LoraConfig
-    (a model extension's `modules_to_save`, `trainable_token_indices`: trained and saved with the adapter).
+    `default_target_regex`. Everything except the adapters is frozen. `cpu_mask_dropout`: the adapters'
+    dropout draws its CPU masks from 16-bit random numbers (mmembed/models/lora_dropout.py). `extras` go to
+    peft's LoraConfig (a model extension's `modules_to_save`, `trainable_token_indices`: trained and saved
+    with the adapter).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -48,7 +50,12 @@ def apply_lora(model: nn.Module, r: int = 64, alpha: int = 16, dropout: float = 
     if not matched:
         raise ConfigError(f"lora.target_modules={regex!r} matches no linear layer of this model")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=regex, bias="none", **extras)
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    if cpu_mask_dropout:
+        from mmembed.models.lora_dropout import use_cpu_mask_dropout
+
+        use_cpu_mask_dropout(peft_model)
+    return peft_model
 
 
 # An adapter trained on top of another (`adapter=<stage 1>` at training, merged into the base first) is a

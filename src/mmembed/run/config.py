@@ -90,4 +90,5 @@ def lora_spec(cfg: DictConfig) -> LoraSpec:
     return LoraSpec(
         enabled=bool(lora.get("enabled", False)), r=int(lora.get("r", 64)), alpha=int(lora.get("alpha", 16)),
         dropout=float(lora.get("dropout", 0.05)), target_modules=lora.get("target_modules"),
+        cpu_mask_dropout=bool(lora.get("cpu_mask_dropout", True)),
     )
