@@ -47,6 +47,9 @@ class ModelSpec:
     text_only: bool = False
     trust_remote_code: bool = False
     attn_implementation: str | None = "sdpa"
+    # What a trainable embedder loads instead (None: attn_implementation); e.g. eager on CPU, where sdpa's
+    # backward is slow for short sequences (conf/model/smol_llava.yaml)
+    train_attn_implementation: str | None = None
     padding_side: str = "left"
     cache_dir: str | None = None
     quantization: str | None = None
@@ -137,7 +140,9 @@ def build_embedder(
     backbone = load_backbone(
         featurizer.name_or_path,
         dtype=spec.dtype, trust_remote_code=spec.trust_remote_code, text_only=spec.text_only,
-        attn_implementation=spec.attn_implementation, padding_side=spec.padding_side, cache_dir=spec.cache_dir,
+        attn_implementation=(spec.train_attn_implementation if trainable and spec.train_attn_implementation
+                             else spec.attn_implementation),
+        padding_side=spec.padding_side, cache_dir=spec.cache_dir,
         quantization_config=quantization, featurizer=featurizer, vision_dtype=spec.vision_dtype,
     )
     extension = spec.extension

@@ -67,6 +67,7 @@ def model_spec(cfg: DictConfig, explicit_prompts: bool | None = None, inference:
         text_only=bool(m.text_only),
         trust_remote_code=bool(m.trust_remote_code),
         attn_implementation=m.get("attn_implementation"),
+        train_attn_implementation=m.get("train_attn_implementation"),
         padding_side=m.get("padding_side", "left"),
         cache_dir=m.get("cache_dir"),
         quantization=m.get("quantization"),
