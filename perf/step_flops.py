@@ -302,11 +302,10 @@ def run_once(kind: str, experiment: str, steps: int, run_dir: Path, extra: list[
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)}
     out = run_dir / "bare.json"
-    if kind == "baseline":  # Trainer.fit with the baseline's overrides last
-        cmd = framework_command(experiment, steps, run_dir, [*extra, *(baseline or [])])
-    else:
-        cmd = (framework_command(experiment, steps, run_dir, extra) if kind == "framework"
-               else bare_command(experiment, steps, out, extra))
+    if kind == "bare":
+        cmd = bare_command(experiment, steps, out, extra)
+    else:  # Trainer.fit; a baseline run with its overrides last
+        cmd = framework_command(experiment, steps, run_dir, [*extra, *(baseline or [])] if kind == "baseline" else extra)
     run_dir.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
