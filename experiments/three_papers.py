@@ -13,7 +13,9 @@ Rows (same base model, conf/model's default unless an extra override changes it)
     unime_stage1    UniME stage 1: textual knowledge distillation from the mpnet teacher
     unime_stage1_2  UniME stage 1, then stage 2 (hard-negative instruction tuning on the mini-MMEB train
                     files) started from stage 1's adapter; its wall time is both stages'
-    mmgem           MM-GEM joint (embedding + captioning): the only row that captions (CIDEr)
+    mmgem           MM-GEM joint (embedding + captioning): the rows that caption are scored (CIDEr)
+    mmgem_embedding_only, mmgem_captioning_only   (optional) MM-GEM with one objective (conf/arm/)
+    mmgem_grid7     (optional) MM-GEM joint with the 7x7 map as the caption prefix (no PoolAggregator)
     unime_stage2    (optional) UniME stage 2 alone, from the base
     base            (optional) the untrained base, evaluated only
 
@@ -73,6 +75,16 @@ ROWS = {
                           (STAGE1, Stage("unime_stage1_2", "unime_stage2", IMAGE_ROW, after="unime_stage1"))),
     "mmgem": Row("MM-GEM joint", "MM-GEM",
                  (Stage("mmgem", "mmgem", IMAGE_ROW, suite="three_papers_captions"),), captions=True),
+    # MM-GEM's claims as rows: each objective alone (conf/arm/), and the prefix without the PoolAggregator
+    # (the tower's 7x7 map, 49 tokens, against the recipe's 3x3 = 9).
+    "mmgem_embedding_only": Row("MM-GEM embedding only", "MM-GEM",
+                                (Stage("mmgem_embedding_only", "mmgem", (*IMAGE_ROW, "arm=embedding_only")),)),
+    "mmgem_captioning_only": Row("MM-GEM captioning only", "MM-GEM",
+                                 (Stage("mmgem_captioning_only", "mmgem", (*IMAGE_ROW, "arm=captioning_only"),
+                                        suite="three_papers_captions"),), captions=True),
+    "mmgem_grid7": Row("MM-GEM joint, 7x7 prefix", "MM-GEM",
+                       (Stage("mmgem_grid7", "mmgem", (*IMAGE_ROW, "model.extension.grid=7"),
+                              suite="three_papers_captions"),), captions=True),
 }
 DEFAULT_ROWS = ["text_only", "image_text", "unime_stage1", "unime_stage1_2", "mmgem"]
 COLUMNS = [  # (header, metric key or a derived name)

@@ -190,3 +190,21 @@ def test_the_table_trains_stage_one_then_stage_two_from_its_adapter_and_tabulate
     assert {"eval/mini_mmeb/overall", "eval/flickr8k_1k_test/t2i_R@10", "eval/stsb/spearman"} <= set(metrics)
     table = (tmp_path / "table.md").read_text()
     assert "| E5-V text_only | E5-V | - |" in table and "| UniME stage 1 + 2 | UniME | - |" in table
+
+
+def test_mmgem_claim_rows_compose_to_one_objective_or_the_unpooled_prefix(tp, tmp_path):
+    """The MM-GEM rows answer the paper's two claims: each objective alone (one weight zeroed, only what it
+    reaches trains) and the 7x7 map as the caption prefix; the rows that caption get the captions suite."""
+    from tests.pipeline.helpers import compose_train
+
+    expected = {"mmgem": ({"image_text": 1.0, "captioning": 1.0}, 3, "three_papers_captions"),
+                "mmgem_embedding_only": ({"image_text": 1.0, "captioning": 0.0}, 3, "three_papers"),
+                "mmgem_captioning_only": ({"image_text": 0.0, "captioning": 1.0}, 3, "three_papers_captions"),
+                "mmgem_grid7": ({"image_text": 1.0, "captioning": 1.0}, 7, "three_papers_captions")}
+    for name, (weights, grid, suite) in expected.items():
+        (stage,) = tp.ROWS[name].stages
+        command = tp.stage_command(stage, tmp_path, 40, None, ["seed=2"])
+        assert f"eval@evaluation={suite}" in command and tp.ROWS[name].captions == (suite != "three_papers")
+        cfg = compose_train([a for a in command[2:] if not a.startswith(("hydra.", "eval@"))], tmp_path)
+        assert dict(cfg.objective.weights) == weights and cfg.model.extension.grid == grid
+        assert (cfg.trainer.max_steps, cfg.seed, cfg.model.vision_feature_cache) == (40, 2, True)
