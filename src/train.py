@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import sys
@@ -32,6 +33,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # A native crash (a segfault or C++ abort in a library) prints every thread's Python stack instead of one line.
+    faulthandler.enable()
     # Lets configs locate the repository (e.g. the default data root ../shared/data) from any cwd.
     os.environ.setdefault("MMEMBED_ROOT", str(Path(__file__).resolve().parents[1]))
     main()
