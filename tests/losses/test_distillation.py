@@ -1,4 +1,5 @@
-"""UniME's relational KL: hand-computed values, its fixed points, where the gradient goes, and 2-process DDP.
+"""UniME's relational KL (and its variants: without each text's own column; the cosine MSE): hand-computed
+values, fixed points, where the gradient goes, and 2-process DDP.
 
 The distributed check follows tests/losses/test_distributed_infonce.py: each of 2 gloo ranks holds half
 of a global batch of 8, the ranks' losses and DDP-averaged gradients must equal one process on the
@@ -15,7 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from mmembed.errors import ConfigError
-from mmembed.losses.distillation import _row_kl, distributed_relational_kl, relational_kl
+from mmembed.losses.distillation import _row_kl, distributed_relational_kl, relational_kl, similarity_mse
 from tests.losses.helpers import IN_DIM, TinyEncoder, grads_of, max_abs_diff, run_distributed
 
 ATOL = 1e-10
@@ -24,13 +25,14 @@ STUDENT = [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]  # unit rows
 TEACHER = [[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]
 
 
-def _hand_relational_kl(student: list[list[float]], teacher: list[list[float]], tau: float) -> float:
+def _hand_relational_kl(student: list[list[float]], teacher: list[list[float]], tau: float,
+                        exclude_self: bool = False) -> float:
     """The formula written out with Python floats: S = E E^T, row softmax at tau, KL(teacher || student)."""
 
     def softmax_rows(emb):
         rows = []
-        for a in emb:
-            logits = [sum(x * y for x, y in zip(a, b)) / tau for b in emb]
+        for i, a in enumerate(emb):
+            logits = [sum(x * y for x, y in zip(a, b)) / tau for j, b in enumerate(emb) if not (exclude_self and i == j)]
             z = sum(math.exp(v) for v in logits)
             rows.append([math.exp(v) / z for v in logits])
         return rows
@@ -45,6 +47,46 @@ def test_matches_hand_computation_on_3x2(tau):
     expected = _hand_relational_kl(STUDENT, TEACHER, tau)
     got = relational_kl(torch.tensor(STUDENT, dtype=torch.float64), torch.tensor(TEACHER, dtype=torch.float64), tau)
     assert got.item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("tau", [0.5, 0.05])
+def test_without_self_matches_hand_computation_and_differs_from_with_self(tau):
+    s, t = torch.tensor(STUDENT, dtype=torch.float64), torch.tensor(TEACHER, dtype=torch.float64)
+    got = relational_kl(s, t, tau, exclude_self=True).item()
+    assert got == pytest.approx(_hand_relational_kl(STUDENT, TEACHER, tau, exclude_self=True), rel=1e-12)
+    assert got != pytest.approx(relational_kl(s, t, tau).item(), rel=1e-3)
+
+
+def test_without_self_at_low_tau_keeps_the_relational_signal():
+    # With the own column kept, a low tau puts nearly all of both softmaxes on it, so even a student whose
+    # relations are unrelated to the teacher's scores a small loss; without it, the disagreement is the loss.
+    g = torch.Generator().manual_seed(4)
+    teacher = F.normalize(torch.randn(8, 4, generator=g, dtype=torch.float64), dim=-1)
+    student = F.normalize(torch.randn(8, 4, generator=g, dtype=torch.float64), dim=-1)
+    with_self, without_self = (relational_kl(student, teacher, 0.01, exclude_self=e).item() for e in (False, True))
+    assert with_self < 0.05 and without_self > 40  # 0.031 vs 43.5
+
+
+
+def test_similarity_mse_hand_value():
+    # Off-diagonal cosines, student: s01 0, s02 .6, s12 .8; teacher: .8, 0, .6. Squared differences .64, .36,
+    # .04, each pair counted in both rows: mean over the 6 entries = 2 * 1.04 / 6.
+    got = similarity_mse(torch.tensor(STUDENT, dtype=torch.float64), torch.tensor(TEACHER, dtype=torch.float64))
+    assert got.item() == pytest.approx(2 * 1.04 / 6, rel=1e-12)
+
+
+def test_similarity_mse_is_zero_for_the_same_relations_in_other_dimensions_and_reaches_the_student_only():
+    g = torch.Generator().manual_seed(5)
+    teacher = F.normalize(torch.randn(5, 3, generator=g, dtype=torch.float64), dim=-1)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))
+    student = (torch.cat([teacher, torch.zeros(5, 5, dtype=torch.float64)], dim=1) @ q).requires_grad_()
+    loss = similarity_mse(student, teacher.clone().requires_grad_())
+    assert loss.item() == pytest.approx(0.0, abs=1e-20)
+    moved = F.normalize(student.detach() + 0.3 * torch.randn(5, 8, generator=g, dtype=torch.float64), dim=-1)
+    moved.requires_grad_()
+    teacher_leaf = teacher.clone().requires_grad_()
+    similarity_mse(moved, teacher_leaf).backward()
+    assert teacher_leaf.grad is None and moved.grad.abs().sum().item() > 1e-4
 
 
 def test_hand_value_pinned():
@@ -136,6 +178,12 @@ def _mean_grads_over_ranks(model) -> dict[str, torch.Tensor]:
     return grads_of(model)
 
 
+VARIANTS = {
+    "without_self": lambda s, t: distributed_relational_kl(s, t, TAU, exclude_self=True),
+    "mse": lambda s, t: similarity_mse(s, t),
+}
+
+
 def _worker(rank: int, world: int) -> dict:
     x, teacher = _inputs()
     x, teacher = x.chunk(world)[rank], teacher.chunk(world)[rank]
@@ -153,6 +201,12 @@ def _worker(rank: int, world: int) -> dict:
     # relational_kl(cross_device=True) is the same code path
     model = TinyEncoder()
     out["loss_flag"] = relational_kl(model(x), teacher, TAU, cross_device=True).item()
+    for name, loss_of in VARIANTS.items():  # each row's own column is at a different global index per rank
+        model = TinyEncoder()
+        loss = loss_of(model(x), teacher)
+        loss.backward()
+        out[f"loss_{name}"] = loss.item()
+        out[f"grads_{name}"] = _mean_grads_over_ranks(model)
     return out
 
 
@@ -167,7 +221,13 @@ def single() -> dict:
     model = TinyEncoder()
     loss = relational_kl(model(x), teacher, TAU)
     loss.backward()
-    return {"loss": loss.item(), "grads": grads_of(model)}
+    out = {"loss": loss.item(), "grads": grads_of(model)}
+    for name, loss_of in VARIANTS.items():
+        model = TinyEncoder()
+        loss = loss_of(model(x), teacher)
+        loss.backward()
+        out[f"loss_{name}"], out[f"grads_{name}"] = loss.item(), grads_of(model)
+    return out
 
 
 @pytest.mark.distributed
@@ -187,3 +247,11 @@ def test_two_process_gradients_equal_single_process(ranks, single):
 def test_gather_without_grad_gives_the_same_loss_but_wrong_gradients(ranks, single):
     assert sum(r["loss_without_grad"] for r in ranks) / 2 == pytest.approx(single["loss"], abs=ATOL)
     assert max_abs_diff(ranks[0]["grads_without_grad"], single["grads"]) > 1e-4
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_two_process_variants_equal_single_process(ranks, single, variant):
+    assert sum(r[f"loss_{variant}"] for r in ranks) / 2 == pytest.approx(single[f"loss_{variant}"], abs=ATOL)
+    for r in ranks:
+        assert max_abs_diff(r[f"grads_{variant}"], single[f"grads_{variant}"]) < ATOL

@@ -181,6 +181,32 @@ def test_weighted_sum_prepares_its_distillation_part(featurizer, train_file, cac
     assert features["distillation"]["teacher"].shape == (12, 384)  # MiniLM rows of anchors, positives, hard negatives
 
 
+def test_distillation_mse_composes_and_regresses_the_cached_teacher_cosines(tiny_smol_llava_dir, featurizer,
+                                                                            train_file, cache_dir, tmp_path):
+    from mmembed.models.factory import ModelSpec, build_embedder
+    from mmembed.objectives import SimilarityMSE
+
+    cfg = compose_train(["experiment=unime_stage1", "objective=distillation_mse", f"objective.teacher={TEACHER}",
+                         f"objective.cache_dir={cache_dir}"], tmp_path)
+    objective = instantiate(cfg.objective, _convert_="all")
+    assert isinstance(objective, SimilarityMSE) and objective.use_hard_negatives
+    objective.prepare(SimpleNamespace(train_files=[str(train_file)], featurizer=featurizer, max_text_tokens=32))
+    rows = _rows(featurizer)
+    features = objective.features(featurizer, rows)
+    texts = [r["sent0"] for r in rows] + [r["sent1"] for r in rows] + [r["hard_neg"] for r in rows]
+    embedder = build_embedder(ModelSpec(name_or_path=str(tiny_smol_llava_dir), text_only=True), featurizer).eval()
+    with torch.no_grad():
+        out = objective(embedder, features, StepContext())
+        student = embedder(**featurizer.featurize_text(texts))
+    teacher = features["teacher"]
+    off = ~torch.eye(12, dtype=torch.bool)  # the 132 pairs i != j of the 12 texts
+    expected = ((student @ student.T - teacher @ teacher.T)[off] ** 2).mean()
+    assert abs(float(out.loss) - float(expected)) < 1e-5 and float(out.loss) > 1e-3
+    # objective=distillation with exclude_self builds UniME's KL without the own column
+    kl = instantiate(compose_train(["experiment=unime_stage1", "objective.exclude_self=true"], tmp_path).objective)
+    assert isinstance(kl, RelationalDistillation) and kl.exclude_self and kl.tau == 0.05
+
+
 def _stage1(tiny_smol_llava_dir, train_file, cache_dir, tmp_path, *extra):
     cfg = compose_train(["experiment=unime_stage1", f"model.name_or_path={tiny_smol_llava_dir}",
                          f"data.train_files=[{train_file}]", "data.batch_size=4", "val=none",

@@ -6,7 +6,12 @@ The student does not regress the teacher's vectors (their dimensions differ); it
     loss = mean_i KL( softmax(S_t[i, :] / tau) || softmax(S_s[i, :] / tau) )
 
 Row i is the distribution anchor i puts over every candidate j of the batch (itself included, as in
-UniME's formula). Teacher embeddings are targets computed offline: no gradient ever flows into them.
+UniME's formula; `exclude_self=True` drops that column, whose cosine is 1 for both models and, at a low
+tau, holds nearly all of the teacher's mass). Teacher embeddings are targets computed offline: no
+gradient ever flows into them.
+
+`similarity_mse` is the graded alternative: the mean squared difference of the two cosine matrices off
+the diagonal, every pair weighted alike rather than the nearest few that a softmax at a low tau keeps.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mmembed.errors import ConfigError
-from mmembed.losses.gather import gather_no_grad, gather_with_grad
+from mmembed.losses.gather import gather_no_grad, gather_with_grad, rank_and_world
 from mmembed.losses.similarity import scores
 
 
@@ -46,20 +51,35 @@ def _row_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch
     )
 
 
-def relational_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float, cross_device: bool = False) -> torch.Tensor:
+def _without_self(similarities: torch.Tensor, group=None) -> torch.Tensor:
+    """[N, W*N] local rows x global candidates -> [N, W*N - 1]: each row's own column (global index
+    rank * N + i) removed, so no -inf enters a softmax or a KL."""
+    rank, _ = rank_and_world(group)
+    n = similarities.shape[0]
+    keep = torch.ones_like(similarities, dtype=torch.bool)
+    keep[torch.arange(n), rank * n + torch.arange(n)] = False
+    return similarities[keep].view(n, -1)
+
+
+def relational_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float, cross_device: bool = False,
+                  exclude_self: bool = False) -> torch.Tensor:
     """UniME's distillation loss on one process: student [N, Ds], teacher [N, Dt] (row i = sentence i).
 
     cross_device=True uses the candidates of every rank (see `distributed_relational_kl`); without an
     initialised process group it is the same as False.
     """
     if cross_device:
-        return distributed_relational_kl(student, teacher, tau)
+        return distributed_relational_kl(student, teacher, tau, exclude_self=exclude_self)
     _check(student, teacher, tau)
     teacher = teacher.detach()
-    return _row_kl(scores(student, student) / tau, scores(teacher, teacher) / tau)
+    s_student, s_teacher = scores(student, student), scores(teacher, teacher)
+    if exclude_self:
+        s_student, s_teacher = _without_self(s_student), _without_self(s_teacher)
+    return _row_kl(s_student / tau, s_teacher / tau)
 
 
-def distributed_relational_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float, group=None) -> torch.Tensor:
+def distributed_relational_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float, group=None,
+                              exclude_self: bool = False) -> torch.Tensor:
     """Relational KL with this rank's rows as anchors and the global batch as candidates.
 
     Candidate columns are `cat([student_0; ...; student_{W-1}])` (gathered *with* gradient, so every
@@ -70,7 +90,28 @@ def distributed_relational_kl(student: torch.Tensor, teacher: torch.Tensor, tau:
     (tests/losses/test_distillation.py checks both). Every rank must call this with the same N.
     """
     _check(student, teacher, tau)
+    s_student, s_teacher = _global_similarities(student, teacher, group)
+    if exclude_self:
+        s_student, s_teacher = _without_self(s_student, group), _without_self(s_teacher, group)
+    return _row_kl(s_student / tau, s_teacher / tau)
+
+
+def _global_similarities(student: torch.Tensor, teacher: torch.Tensor, group=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's rows against every rank's candidates: student (with gradient) and teacher (fixed targets)."""
     teacher = teacher.detach()
     all_student = gather_with_grad(student, group)
     all_teacher = gather_no_grad(teacher, group)  # targets: no graph to keep
-    return _row_kl(scores(student, all_student) / tau, scores(teacher, all_teacher) / tau)
+    return scores(student, all_student), scores(teacher, all_teacher)
+
+
+def similarity_mse(student: torch.Tensor, teacher: torch.Tensor, group=None) -> torch.Tensor:
+    """mean over pairs i != j of (S_s[i, j] - S_t[i, j])^2, this rank's rows against the global batch.
+
+    Inputs are L2-normalised embeddings (S holds cosines). As in `distributed_relational_kl`, the candidates
+    are gathered with gradient, so with equal local batches the mean of the ranks' losses and DDP's averaged
+    gradients equal the single-process loss and gradients on the concatenated batch.
+    """
+    _check(student, teacher, 1.0)
+    s_student, s_teacher = _global_similarities(student, teacher, group)
+    s_student, s_teacher = _without_self(s_student, group), _without_self(s_teacher, group)
+    return (s_student - s_teacher).pow(2).mean()  # `scores` works in float32 at least

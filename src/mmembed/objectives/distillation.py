@@ -63,23 +63,21 @@ class CachedTeacherRows:
         return self.vectors[torch.tensor([self.index[s] for s in sentences], dtype=torch.long)]
 
 
-class RelationalDistillation(EmbeddingObjective):
-    """loss = mean_i KL(softmax(S_t[i]/tau) || softmax(S_s[i]/tau)) over the batch's texts (candidates: all ranks).
+class TeacherDistillation(EmbeddingObjective):
+    """What every distillation from a cached text teacher shares: the cache (`prepare`), the batch's texts and
+    their teacher rows (`features`); a subclass says how the student's similarities are matched (`loss`).
 
     teacher: a packaged name (all-mpnet-base-v2, all-MiniLM-L6-v2), a sentence-transformers folder or a
-    hub id. tau has no default: UniME does not publish it (see conf/objective/distillation.yaml).
-    build_cache=false refuses to build a missing cache (e.g. on a cluster, build it beforehand on one
+    hub id. build_cache=false refuses to build a missing cache (e.g. on a cluster, build it beforehand on one
     GPU with the command the error gives). teacher_device=null: CUDA when available, else CPU.
     """
 
-    name = "distillation"
     row_kind = "text_pairs"
 
     def __init__(
         self,
         teacher: str = "all-mpnet-base-v2",
         *,
-        tau: float,
         cache_dir: str | None = None,
         use_hard_negatives: bool = True,
         build_cache: bool = True,
@@ -87,9 +85,7 @@ class RelationalDistillation(EmbeddingObjective):
         teacher_batch_size: int = 64,
         wait_timeout_s: float = 4 * 3600,
     ):
-        if not float(tau) > 0:
-            raise ConfigError(f"objective.tau must be > 0, got {tau}")
-        self.teacher, self.tau, self.cache_dir = str(teacher), float(tau), cache_dir
+        self.teacher, self.cache_dir = str(teacher), cache_dir
         self.use_hard_negatives, self.build_cache = bool(use_hard_negatives), bool(build_cache)
         self.teacher_device, self.teacher_batch_size = teacher_device, int(teacher_batch_size)
         self.wait_timeout_s = float(wait_timeout_s)
@@ -164,8 +160,31 @@ class RelationalDistillation(EmbeddingObjective):
     def loss(self, embeddings: Sequence[torch.Tensor], features: dict, ctx: StepContext) -> ObjectiveOutput:
         student = torch.cat(list(embeddings))
         teacher = features["teacher"].to(student.device)
-        loss = distributed_relational_kl(student, teacher, self.tau)
-        return ObjectiveOutput(loss, {"teacher_corr": similarity_correlation(student.detach(), teacher)})
+        return ObjectiveOutput(self.match(student, teacher),
+                               {"teacher_corr": similarity_correlation(student.detach(), teacher)})
+
+    def match(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """The loss between the student's and the teacher's embeddings of the same texts (rows aligned)."""
+        raise NotImplementedError
+
+
+class RelationalDistillation(TeacherDistillation):
+    """loss = mean_i KL(softmax(S_t[i]/tau) || softmax(S_s[i]/tau)) over the batch's texts (candidates: all ranks).
+
+    tau has no default: UniME does not publish it (see conf/objective/distillation.yaml). exclude_self=True
+    drops each text's own column from both softmaxes (UniME's formula keeps it).
+    """
+
+    name = "distillation"
+
+    def __init__(self, teacher: str = "all-mpnet-base-v2", *, tau: float, exclude_self: bool = False, **cache):
+        if not float(tau) > 0:
+            raise ConfigError(f"objective.tau must be > 0, got {tau}")
+        super().__init__(teacher, **cache)
+        self.tau, self.exclude_self = float(tau), bool(exclude_self)
+
+    def match(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return distributed_relational_kl(student, teacher, self.tau, exclude_self=self.exclude_self)
 
 
 def similarity_correlation(student: torch.Tensor, teacher: torch.Tensor) -> float:
