@@ -30,7 +30,7 @@ from tests.pipeline.helpers import compose_train
 
 TEXTS = ["a black dog runs across a field", "two children on the beach", "a red car"]
 # Every experiment that trains a LoRA adapter; align trains the projector alone and saves a whole model instead.
-EXPERIMENTS = ["text_only", "image_text", "unime_stage1", "unime_stage2", "mmgem", "mmgem_regions", "e5v_paper"]
+EXPERIMENTS = ["text_only", "image_text", "unime_stage1", "unime_stage1_hour", "unime_stage2", "mmgem", "mmgem_regions", "e5v_paper"]
 
 
 def _images(n: int) -> list[Image.Image]:

@@ -83,6 +83,8 @@ RECIPES: dict[str, list[str]] = {
     "e5v_paper": ["experiment=e5v_paper", "~val.sets.stsb_dev", "data=nli", "model.dtype=float32"],
     # its teacher embeds every sentence of the training files before train_limit applies: 4 triplets of its own
     "unime_stage1": ["experiment=unime_stage1", "data.train_files=[{out}/triplets.csv]"],
+    # the KL without each text's own column: that column sits at another global index on each rank
+    "unime_stage1_hour": ["experiment=unime_stage1_hour", "data.train_files=[{out}/triplets.csv]"],
     # 4 MMEB rows of its own (text->image and image->text: ranks embed different modality mixes)
     "unime_stage2": ["experiment=unime_stage2", "lora.r=4", "data.train_files=[{out}/mini_mmeb/train]",
                      "data.image_root={data_root}"],
