@@ -201,6 +201,8 @@ def _worker(rank: int, world: int) -> dict:
     # relational_kl(cross_device=True) is the same code path
     model = TinyEncoder()
     out["loss_flag"] = relational_kl(model(x), teacher, TAU, cross_device=True).item()
+    # cross_device=False stays on this rank's batch under a process group: its own column is i, not rank * N + i
+    out["local_without_self"] = relational_kl(TinyEncoder()(x), teacher, TAU, exclude_self=True).item()
     for name, loss_of in VARIANTS.items():  # each row's own column is at a different global index per rank
         model = TinyEncoder()
         loss = loss_of(model(x), teacher)
@@ -255,3 +257,11 @@ def test_two_process_variants_equal_single_process(ranks, single, variant):
     assert sum(r[f"loss_{variant}"] for r in ranks) / 2 == pytest.approx(single[f"loss_{variant}"], abs=ATOL)
     for r in ranks:
         assert max_abs_diff(r[f"grads_{variant}"], single[f"grads_{variant}"]) < ATOL
+
+
+@pytest.mark.distributed
+def test_local_loss_without_self_under_a_process_group_is_each_ranks_own_batch(ranks):
+    x, teacher = _inputs()
+    for rank, r in enumerate(ranks):
+        expected = relational_kl(TinyEncoder()(x.chunk(2)[rank]), teacher.chunk(2)[rank], TAU, exclude_self=True)
+        assert r["local_without_self"] == pytest.approx(expected.item(), abs=ATOL)

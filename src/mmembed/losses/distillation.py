@@ -27,6 +27,10 @@ from mmembed.losses.similarity import scores
 def _check(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> None:
     if not tau > 0:
         raise ConfigError(f"distillation temperature tau must be > 0, got {tau}")
+    _check_rows(student, teacher)
+
+
+def _check_rows(student: torch.Tensor, teacher: torch.Tensor) -> None:
     if student.ndim != 2 or teacher.ndim != 2 or student.shape[0] != teacher.shape[0]:
         raise ValueError(
             f"student and teacher must be [N, D] matrices with the same N (one row per sentence), "
@@ -51,13 +55,12 @@ def _row_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch
     )
 
 
-def _without_self(similarities: torch.Tensor, group=None) -> torch.Tensor:
-    """[N, W*N] local rows x global candidates -> [N, W*N - 1]: each row's own column (global index
-    rank * N + i) removed, so no -inf enters a softmax or a KL."""
-    rank, _ = rank_and_world(group)
+def _without_self(similarities: torch.Tensor, first_row: int = 0) -> torch.Tensor:
+    """[N, M] rows x candidates -> [N, M - 1]: row i's own column (first_row + i: rank * N under the global
+    candidates of `distributed_relational_kl`, 0 on one process's batch) removed, so no -inf enters a softmax."""
     n = similarities.shape[0]
     keep = torch.ones_like(similarities, dtype=torch.bool)
-    keep[torch.arange(n), rank * n + torch.arange(n)] = False
+    keep[torch.arange(n), first_row + torch.arange(n)] = False
     return similarities[keep].view(n, -1)
 
 
@@ -92,7 +95,8 @@ def distributed_relational_kl(student: torch.Tensor, teacher: torch.Tensor, tau:
     _check(student, teacher, tau)
     s_student, s_teacher = _global_similarities(student, teacher, group)
     if exclude_self:
-        s_student, s_teacher = _without_self(s_student, group), _without_self(s_teacher, group)
+        first_row = rank_and_world(group)[0] * student.shape[0]
+        s_student, s_teacher = _without_self(s_student, first_row), _without_self(s_teacher, first_row)
     return _row_kl(s_student / tau, s_teacher / tau)
 
 
@@ -111,7 +115,8 @@ def similarity_mse(student: torch.Tensor, teacher: torch.Tensor, group=None) -> 
     are gathered with gradient, so with equal local batches the mean of the ranks' losses and DDP's averaged
     gradients equal the single-process loss and gradients on the concatenated batch.
     """
-    _check(student, teacher, 1.0)
+    _check_rows(student, teacher)
     s_student, s_teacher = _global_similarities(student, teacher, group)
-    s_student, s_teacher = _without_self(s_student, group), _without_self(s_teacher, group)
+    first_row = rank_and_world(group)[0] * student.shape[0]
+    s_student, s_teacher = _without_self(s_student, first_row), _without_self(s_teacher, first_row)
     return (s_student - s_teacher).pow(2).mean()  # `scores` works in float32 at least
