@@ -111,9 +111,15 @@ def ensure_default_model(cache_dir: str | Path | None = None, projector_type: st
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
         assemble_default_model(tmp, projector_type=projector_type)
+        if is_prepared(target):  # another process (e.g. a second test worker) finished first: keep its copy
+            return target
         if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+            shutil.rmtree(target)  # a partial copy left by an older layout
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not is_prepared(target):  # lost the race to another process's rename: use its copy, else fail
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
