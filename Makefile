@@ -35,14 +35,17 @@ train: prepare
 eval: prepare
 	$(BIN)/python src/eval.py $(ARGS)
 
-# The README's test command: the whole suite, slow and multi-process tests included.
+# The README's test command: the whole suite, slow and multi-process tests included, on TEST_WORKERS
+# pytest-xdist workers (each file stays on one worker, so a module's fixtures are built once; each worker
+# gets its share of the cores: tests/conftest.py). TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: prepare
-	$(BIN)/python -m pytest -q --durations=15 $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(ARGS)
 
 # Everything but the slow tests (> ~5 s each: training, a real model, a CLI in a fresh process) and the
 # multi-process ones: the quick check while editing.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow and not distributed" $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow and not distributed" $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests perf experiments

@@ -18,6 +18,21 @@ def pytest_configure(config):
     # conf/trainer/cpu.yaml trains in bf16-mixed on CPUs with native bf16; the suite's equivalence checks
     # (GradCache, 2 processes, resume) compare float32 runs. tests/test_hardware.py runs the default itself.
     os.environ["MMEMBED_CPU_PRECISION"] = "32-true"
+    _share_cores_between_xdist_workers()
+
+
+def _share_cores_between_xdist_workers() -> None:
+    """Under `pytest -n N` (the Makefile runs the suite on 2 workers) each worker gets cores / N threads,
+    and so do the CLIs it starts (OMP_NUM_THREADS is inherited): N workers each spinning up every core's
+    OpenMP threads would oversubscribe the machine and run slower than one worker."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if "PYTEST_XDIST_WORKER" not in os.environ or workers <= 1:
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
