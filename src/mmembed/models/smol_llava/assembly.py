@@ -97,6 +97,21 @@ def is_prepared(path: str | Path) -> bool:
     return (path / MARKER).is_file() and (path / "config.json").is_file()
 
 
+def move_into_place(built: Path, target: Path, is_ready) -> None:
+    """Rename a folder built beside `target` into place, for builds that several processes (test workers, sweep
+    jobs) may run at once: a ready copy another process put there first is kept (it may be in use already), a
+    partial one (an interrupted build, an older layout) is replaced."""
+    if is_ready(target):
+        return
+    if target.exists():
+        shutil.rmtree(target)
+    try:
+        built.rename(target)
+    except OSError:
+        if not is_ready(target):  # lost the race to another process's rename: use its copy, else fail
+            raise
+
+
 def ensure_default_model(cache_dir: str | Path | None = None, projector_type: str = DEFAULT_PROJECTOR) -> Path:
     """Return the default model's folder, assembling it first if this machine has none.
 
@@ -111,15 +126,7 @@ def ensure_default_model(cache_dir: str | Path | None = None, projector_type: st
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
         assemble_default_model(tmp, projector_type=projector_type)
-        if is_prepared(target):  # another process (e.g. a second test worker) finished first: keep its copy
-            return target
-        if target.exists():
-            shutil.rmtree(target)  # a partial copy left by an older layout
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not is_prepared(target):  # lost the race to another process's rename: use its copy, else fail
-                raise
+        move_into_place(tmp, target, is_prepared)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
