@@ -26,7 +26,11 @@ a run whose command changed is refused (choose another --out or pass --force). T
 SICK-R, the Flickr8k 1k test both ways and the local mini-MMEB (built first when it is missing).
 With `--seeds`, every run is repeated per seed in <out>/seed<N>/<run> (`seed=N` after the `--` overrides,
 before a run's own `--set`), seed by seed, and each cell is the mean +- sample sd over the seeds whose row
-finished (the number of seeds is a column). Writes <table>.md and <table>.json.
+finished (the number of seeds is a column); the base row trains nothing, so it is evaluated once, in <out>/base.
+`--keep-from <earlier table>.json` keeps that table's finished rows (per seed) where their run folders are not
+here (removed, or run elsewhere): they are not rerun, and the table says where they came from.
+The base row's src/eval.py gets only the `--` overrides it has (`evaluation.X` as `eval.X`; training-only keys
+such as val, trainer or seed left out). Writes <table>.md and <table>.json.
 """
 
 from __future__ import annotations
@@ -104,10 +108,34 @@ class TableError(Exception):
     """A user-facing problem (bad row name, a changed command in a reused folder): printed, exit 2."""
 
 
+def eval_keys() -> set[str]:
+    """The root keys and config groups src/eval.py's root config (conf/eval.yaml) has."""
+    from omegaconf import OmegaConf
+
+    root = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "eval.yaml"))
+    groups = {next(iter(d)).split("@")[0] if isinstance(d, dict) else d for d in root.pop("defaults")}
+    return (groups - {"_self_"}) | set(root)
+
+
+def for_evaluation_only(overrides: list[str]) -> list[str]:
+    """The overrides meant for every run, as src/eval.py takes them: the training suite's `evaluation.` keys
+    become `eval.`; training-only keys (val, trainer, seed, ...) are left out, since src/eval.py has no such
+    key and would refuse the whole command; the rest (model, prompt, ...) pass unchanged."""
+    known, kept = eval_keys(), []
+    for override in overrides:
+        if override.startswith("evaluation."):
+            override = "eval." + override.removeprefix("evaluation.")
+        key = override.lstrip("+~").split("=")[0]
+        if key.split(".")[0].split("@")[0] in known:
+            kept.append(override)
+    return kept
+
+
 def stage_command(stage: Stage, out: Path, steps: int | None, mmeb_queries: int | None, extra: list[str],
                   per_run: dict[str, list[str]] | None = None) -> list[str]:
     """The stage's src/train.py (or, evaluation only, src/eval.py) command line; `extra` then the stage's own
-    `per_run` overrides come last, so they win."""
+    `per_run` overrides come last, so they win. An evaluation-only stage gets only the `extra` overrides
+    src/eval.py has (for_evaluation_only)."""
     run_dir = out / stage.run
     args = [f"hydra.run.dir={run_dir}"]
     if stage.experiment is None:
@@ -122,6 +150,8 @@ def stage_command(stage: Stage, out: Path, steps: int | None, mmeb_queries: int 
         scope = "eval" if stage.experiment is None else "evaluation"
         args.append(f"{scope}.benchmarks.mini_mmeb.max_queries={mmeb_queries}")
     script = "eval.py" if stage.experiment is None else "train.py"
+    if stage.experiment is None:
+        extra = for_evaluation_only(extra)
     return [sys.executable, str(REPO / "src" / script), *args, *extra, *(per_run or {}).get(stage.run, [])]
 
 
@@ -181,13 +211,40 @@ def row_record(name: str, row: Row, out: Path) -> dict:
     return record
 
 
-def seeded_record(name: str, row: Row, out: Path, seeds: list[int]) -> dict:
+def evaluation_only(row: Row) -> bool:
+    """No stage trains: the row is deterministic, so seeds would repeat the same evaluation."""
+    return all(s.experiment is None for s in row.stages)
+
+
+def load_kept(path: Path | None) -> dict[tuple[str, int | None], dict]:
+    """An earlier table's finished records, {(row, seed or None): record}: they stand in for runs whose
+    folders are not here (removed, or run on another machine), so a table can be finished elsewhere."""
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise TableError(f"--keep-from {path}: no such file (an earlier table's .json)")
+    kept = {}
+    for record in json.loads(path.read_text()):
+        for seed, one in (record.get("per_seed") or {None: record}).items():
+            if one.get("finished"):
+                kept[(record["row"], None if seed is None else int(seed))] = {**one, "kept_from": shown(path)}
+    return kept
+
+
+def seeded_record(name: str, row: Row, out: Path, seeds: list[int], kept: dict | None = None) -> dict:
     """The row over seeds: each metric's and the wall time's mean and sample sd over the seeds whose runs
-    finished (<out>/seed<N>), with every seed's own record kept."""
+    finished (<out>/seed<N>), with every seed's own record kept. An evaluation-only row ran once (<out>/<run>):
+    its one record, with no seeds and no sd."""
+    if evaluation_only(row):
+        record = row_record(name, row, out)
+        return {**(record if record["finished"] else (kept or {}).get((name, None), record)), "seeds": [], "sd": {}}
     per_seed = {seed: row_record(name, row, out / f"seed{seed}") for seed in seeds}
+    for seed, one in per_seed.items():  # a run finished here wins over the earlier table's record
+        if not one["finished"] and (name, seed) in (kept or {}):
+            per_seed[seed] = kept[(name, seed)]
     done = {seed: r for seed, r in per_seed.items() if r["finished"]}
     record = {"row": name, "label": row.label, "paper": row.paper, "seeds": sorted(done),
-              "runs": [run for r in per_seed.values() for run in r["runs"]],
+              "runs": [run for r in per_seed.values() for run in r.get("runs", [])],
               "finished": bool(done), "metrics": {}, "sd": {}, "cost": {}, "per_seed": per_seed}
     if done:
         keys = sorted({k for r in done.values() for k, v in r["metrics"].items() if v is not None})
@@ -288,6 +345,9 @@ def main(argv=None) -> int:
                         help="an override for one run only, e.g. unime_stage1:trainer.max_steps=150")
     parser.add_argument("--seeds", nargs="+", type=int, help="repeat every run per seed (<out>/seed<N>); "
                         "cells become mean +- sd over seeds")
+    parser.add_argument("--keep-from", type=Path, metavar="TABLE.json",
+                        help="an earlier table's .json: its finished rows (per seed) are kept, not rerun, where "
+                             "their run folders are not here")
     parser.add_argument("--force", action="store_true", help="rerun stages that finished before")
     parser.add_argument("--table-only", action="store_true", help="tabulate what is finished; train nothing")
     parser.add_argument("extra", nargs="*", help="Hydra overrides for every run (after --)")
@@ -308,6 +368,7 @@ def _main(args) -> int:
     out = args.out.resolve()
     rows = [(name, ROWS[name]) for name in dict.fromkeys(args.rows)]
     failed: set[str] = set()
+    kept = load_kept(args.keep_from)
     if not args.table_only:
         env_cache = os.environ.get("MMEMBED_CACHE", str(Path.home() / ".cache" / "mmembed"))
         data_root = os.environ.get("MMEMBED_DATA", str(REPO.parent / "shared" / "data"))
@@ -318,27 +379,46 @@ def _main(args) -> int:
             (out / f"seed{seed}", [*args.extra, f"seed={seed}"], f"seed {seed} ") for seed in args.seeds]
         total = len(stages) * len(rounds)
         for r, (folder, extra, which) in enumerate(rounds):
-            folder.mkdir(parents=True, exist_ok=True)
             failed_here: set[str] = set()
+            seed = args.seeds[r] if args.seeds else None
+            needed = {s for name, row in rows if (name, None if evaluation_only(row) else seed) not in kept
+                      for s in row.stages}
             for i, stage in enumerate(stages, 1):
                 position = f"[{r * len(stages) + i}/{total}] {which}".rstrip()
+                if stage not in needed and not stage_metrics(folder / stage.run, stage.experiment is None):
+                    print(f"{position} {stage.run}: kept from {shown(args.keep_from)}", flush=True)
+                    continue
+                where, overrides = folder, extra
+                if args.seeds and stage.experiment is None:  # deterministic: evaluated once, in <out>/<run>
+                    if r > 0:
+                        print(f"{position} {stage.run}: evaluation only, the same for every seed "
+                              f"({out / stage.run})", flush=True)
+                        continue
+                    where, overrides = out, args.extra
                 if stage.after in failed_here:
                     print(f"{position} {stage.run}: skipped, {stage.after} failed", file=sys.stderr, flush=True)
                     failed_here.add(stage.run)
                     continue
-                command = stage_command(stage, folder, args.steps, args.mmeb_queries, extra, per_run)
-                if not _run_stage(stage, command, folder, args.force, position):
+                where.mkdir(parents=True, exist_ok=True)
+                command = stage_command(stage, where, args.steps, args.mmeb_queries, overrides, per_run)
+                if not _run_stage(stage, command, where, args.force, position):
                     failed_here.add(stage.run)
             failed |= {f"{which}{run}".strip() for run in failed_here}
     if args.seeds:
-        records = [seeded_record(name, row, out, args.seeds) for name, row in rows]
+        records = [seeded_record(name, row, out, args.seeds, kept) for name, row in rows]
     else:
         records = [row_record(name, row, out) for name, row in rows]
+        records = [kept.get((r["row"], None), r) if not r["finished"] else r for r in records]
     text = (f"Runs: `{shown(out)}`; the suite: STS12 / STS-B / SICK-R (Spearman x100; STS avg = their mean), "
             f"Flickr8k 1k test (1,000 images x 5,000 captions) Recall, mini-MMEB hit@1 overall"
             f"{f' (first {args.mmeb_queries} queries per dataset)' if args.mmeb_queries else ''}, "
             f"CIDEr x100 of greedy captions of the same 1,000 images (recipes that caption)"
             f"{f'; mean ± sample sd over seeds {args.seeds} (the seeds column: those finished)' if args.seeds else ''}.\n\n")
+    sources = sorted({one["kept_from"] for r in records for one in [r, *(r.get("per_seed") or {}).values()]
+                      if "kept_from" in one})
+    if sources:
+        text += (f"Runs whose folders are not here are kept from {', '.join(f'`{x}`' for x in sources)} "
+                 f"(their records there; the JSON marks each with kept_from).\n\n")
     text += build_table(records)
     text += "\nmini-MMEB hit@1 by meta-task (MMEB's grouping; chance differs per dataset):\n\n" + build_mmeb_table(records)
     args.table.parent.mkdir(parents=True, exist_ok=True)

@@ -208,3 +208,66 @@ def test_mmgem_claim_rows_compose_to_one_objective_or_the_unpooled_prefix(tp, tm
         cfg = compose_train([a for a in command[2:] if not a.startswith(("hydra.", "eval@"))], tmp_path)
         assert dict(cfg.objective.weights) == weights and cfg.model.extension.grid == grid
         assert (cfg.trainer.max_steps, cfg.seed, cfg.model.vision_feature_cache) == (40, 2, True)
+
+
+def test_the_base_row_gets_only_the_overrides_eval_has_and_is_evaluated_once_over_seeds(tp, tmp_path, monkeypatch):
+    commands = []
+
+    def fake_run(stage, command, out, force, position):
+        commands.append((out, command[1:]))
+        return True
+    monkeypatch.setattr(tp, "ensure_mini_mmeb", lambda *a: None)
+    monkeypatch.setattr(tp, "_run_stage", fake_run)
+    tp.main(["--rows", "base", "text_only", "--seeds", "1", "2", "--steps", "3", "--mmeb-queries", "9",
+             "--out", str(tmp_path), "--table", str(tmp_path / "t"), "--",
+             "model=smol_llava_label_words", "val=none", "validate_before_training=false", "trainer.max_epochs=1",
+             "evaluation.benchmarks.sts12=null", "+prompt.text=x"])
+    base = [c for out, c in commands if c[0].endswith("eval.py")]
+    # once, in <out>/base (no seed folder), with the training-only keys left out and `evaluation.` as `eval.`
+    assert base == [[str(REPO / "src" / "eval.py"), f"hydra.run.dir={tmp_path / 'base'}", "eval=three_papers",
+                     "eval.benchmarks.mini_mmeb.max_queries=9", "model=smol_llava_label_words",
+                     "eval.benchmarks.sts12=null", "+prompt.text=x"]]
+    trained = [(out.name, c[-2:]) for out, c in commands if c[0].endswith("train.py")]
+    assert trained == [("seed1", ["+prompt.text=x", "seed=1"]), ("seed2", ["+prompt.text=x", "seed=2"])]
+    # the table: the base row's one evaluation, no seeds and no sd; a missing one is "not finished"
+    (tmp_path / "base").mkdir(exist_ok=True)
+    (tmp_path / "base" / "results.json").write_text(json.dumps(
+        {"benchmarks": {"stsb": {"metrics": {"spearman": 41.5}}}}))
+    record = tp.seeded_record("base", tp.ROWS["base"], tmp_path, [1, 2])
+    assert record["finished"] and record["seeds"] == [] and record["sd"] == {}
+    assert record["metrics"]["eval/stsb/spearman"] == 41.5
+    assert not tp.seeded_record("base", tp.ROWS["base"], tmp_path / "elsewhere", [1])["finished"]
+
+
+def test_an_earlier_tables_finished_seeds_are_kept_not_rerun_and_the_table_says_so(tp, tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(tp, "ensure_mini_mmeb", lambda *a: None)
+    monkeypatch.setattr(tp, "_run_stage", lambda stage, command, out, force, position: ran.append(
+        (out.name, stage.run)) or True)
+    earlier = tmp_path / "earlier.json"
+    one = {"row": "text_only", "label": "E5-V text_only", "paper": "E5-V", "runs": ["elsewhere/seed1/text_only"],
+           "finished": True, "metrics": {"eval/stsb/spearman": 60.0}, "cost": {"wall_time_s": 60.0, "steps": "40"}}
+    earlier.write_text(json.dumps([
+        {"row": "text_only", "per_seed": {"1": one, "2": {**one, "metrics": {"eval/stsb/spearman": 64.0}},
+                                          "3": {"finished": False, "metrics": {}, "cost": {}}}},
+        {"row": "base", "label": "untrained base", "paper": "-", "runs": ["elsewhere/base"], "finished": True,
+         "metrics": {"eval/stsb/spearman": 30.0}, "cost": {"wall_time_s": 0.0, "steps": "0"}, "seeds": [], "sd": {}}]))
+    out = tmp_path / "runs"
+    args = ["--rows", "base", "text_only", "unime_stage1_2", "--seeds", "1", "2", "3", "--out", str(out),
+            "--table", str(tmp_path / "t"), "--keep-from", str(earlier)]
+    tp.main(args)
+    # text_only seeds 1-2 and the base row are kept; seed 3 and every UniME stage run
+    assert ran == [("seed1", "unime_stage1"), ("seed1", "unime_stage1_2"), ("seed2", "unime_stage1"),
+                   ("seed2", "unime_stage1_2"), ("seed3", "text_only"), ("seed3", "unime_stage1"),
+                   ("seed3", "unime_stage1_2")]
+    _summary(out / "seed3" / "text_only", 30.0, 40, {"eval/stsb/spearman": 68.0})
+    assert tp.main([*args, "--table-only"]) == 0
+    records = {r["row"]: r for r in json.loads((tmp_path / "t.json").read_text())}
+    assert records["text_only"]["seeds"] == [1, 2, 3]
+    assert records["text_only"]["metrics"]["eval/stsb/spearman"] == pytest.approx(64.0)
+    assert records["text_only"]["sd"]["eval/stsb/spearman"] == pytest.approx(4.0)
+    assert records["text_only"]["per_seed"]["1"]["kept_from"] == str(earlier)
+    assert "kept_from" not in records["text_only"]["per_seed"]["3"]  # finished here
+    assert records["base"]["metrics"]["eval/stsb/spearman"] == 30.0
+    assert f"kept from `{earlier}`" in (tmp_path / "t.md").read_text()
+    assert tp.main([*args[:-1], str(tmp_path / "missing.json")]) == 2
